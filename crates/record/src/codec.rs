@@ -178,7 +178,11 @@ fn put_opt(out: &mut Vec<u8>, v: &Option<String>) {
 /// Decodes the record at the start of `buf`, which must lie at log offset
 /// `expected_offset`. Records longer than `max_len` are refused before any
 /// checksum work. Returns the record and its length.
-pub fn decode(buf: &Bytes, expected_offset: u64, max_len: usize) -> Result<(Record, usize), DecodeError> {
+pub fn decode(
+    buf: &Bytes,
+    expected_offset: u64,
+    max_len: usize,
+) -> Result<(Record, usize), DecodeError> {
     let len = peek_len(buf).ok_or(DecodeError::Truncated {
         need: 4,
         have: buf.len(),

@@ -30,9 +30,7 @@ mod codec;
 mod types;
 
 pub use codec::{decode, encode, encoded_len, peek_len, DecodeError};
-pub use types::{
-    AckRecord, DeliverRecord, Kind, MessageRecord, Payload, Record, RenewRecord,
-};
+pub use types::{AckRecord, DeliverRecord, Kind, MessageRecord, Payload, Record, RenewRecord};
 
 /// Bytes of the fixed record header.
 pub const HEADER_LEN: usize = 36;

@@ -14,7 +14,14 @@ fn short_string() -> impl Strategy<Value = String> {
 
 fn message() -> impl Strategy<Value = Payload> {
     (
-        (short_string(), any::<u32>(), any::<u64>(), short_string(), any::<u8>(), any::<u8>()),
+        (
+            short_string(),
+            any::<u32>(),
+            any::<u64>(),
+            short_string(),
+            any::<u8>(),
+            any::<u8>(),
+        ),
         (
             proptest::option::of(short_string()),
             proptest::collection::vec(short_string(), 0..4),
@@ -49,18 +56,64 @@ fn message() -> impl Strategy<Value = Payload> {
 fn payload() -> impl Strategy<Value = Payload> {
     prop_oneof![
         message(),
-        (short_string(), short_string(), any::<u32>(), any::<u64>(), any::<u32>(), any::<u64>(), any::<i64>())
-            .prop_map(|(group, topic, queue_id, queue_offset, attempt, handle, visible_at_ms)| {
-                Payload::Deliver(DeliverRecord { group, topic, queue_id, queue_offset, attempt, handle, visible_at_ms })
-            }),
-        (short_string(), short_string(), any::<u32>(), any::<u64>(), any::<u64>())
+        (
+            short_string(),
+            short_string(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<i64>()
+        )
+            .prop_map(
+                |(group, topic, queue_id, queue_offset, attempt, handle, visible_at_ms)| {
+                    Payload::Deliver(DeliverRecord {
+                        group,
+                        topic,
+                        queue_id,
+                        queue_offset,
+                        attempt,
+                        handle,
+                        visible_at_ms,
+                    })
+                }
+            ),
+        (
+            short_string(),
+            short_string(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>()
+        )
             .prop_map(|(group, topic, queue_id, queue_offset, handle)| {
-                Payload::Ack(AckRecord { group, topic, queue_id, queue_offset, handle })
+                Payload::Ack(AckRecord {
+                    group,
+                    topic,
+                    queue_id,
+                    queue_offset,
+                    handle,
+                })
             }),
-        (short_string(), short_string(), any::<u32>(), any::<u64>(), any::<u64>(), any::<i64>())
-            .prop_map(|(group, topic, queue_id, queue_offset, handle, visible_at_ms)| {
-                Payload::Renew(RenewRecord { group, topic, queue_id, queue_offset, handle, visible_at_ms })
-            }),
+        (
+            short_string(),
+            short_string(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<i64>()
+        )
+            .prop_map(
+                |(group, topic, queue_id, queue_offset, handle, visible_at_ms)| {
+                    Payload::Renew(RenewRecord {
+                        group,
+                        topic,
+                        queue_id,
+                        queue_offset,
+                        handle,
+                        visible_at_ms,
+                    })
+                }
+            ),
     ]
 }
 

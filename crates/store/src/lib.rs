@@ -1,1 +1,31 @@
-//! placeholder
+//! The durable commit log.
+//!
+//! One append-only log, cut into segment files, holds every record Ferry
+//! keeps (see `ferry-record`). This crate owns those files:
+//!
+//! * [`Log`] — appends are buffered by the caller's thread and made durable
+//!   by one flusher thread that writes the whole pending batch and calls
+//!   `fdatasync` once (group commit). Callers wait on the published
+//!   *committed* offset; in `sync` mode nothing is committed before it is on
+//!   disk.
+//! * [`segment`] — the segment file header (magic, version, base offset,
+//!   checksum) and file naming.
+//! * [`recovery`] — the start-up scan: every record's checksum and offset is
+//!   verified, damaged ranges are skipped and reported, a torn tail is
+//!   truncated.
+//! * [`retention`] — which segments age or size limits allow to delete.
+//! * [`meta`] — small checksummed metadata files written atomically.
+//!
+//! Nothing here knows about topics or consumer groups; the broker core turns
+//! records into state.
+
+mod error;
+mod log;
+pub mod meta;
+pub mod recovery;
+pub mod retention;
+pub mod segment;
+
+pub use error::StoreError;
+pub use log::{FlushMode, Log, LogConfig, Progress, SegmentInfo};
+pub use recovery::{DroppedRange, RecoveryReport};

@@ -1,0 +1,597 @@
+//! The log itself: buffered appends, a flusher thread doing group commit,
+//! reads by offset, segment rolling and deletion.
+//!
+//! Appends never touch the disk on the caller's thread: the record is encoded
+//! into the pending buffer under a short mutex and gets its log offset there.
+//! The flusher takes *everything* pending, writes it and calls `fdatasync`
+//! once, then publishes the new committed offset. A thousand concurrent
+//! senders therefore cost one fsync, not a thousand.
+//!
+//! Invariant: bytes below the published committed offset are written (and in
+//! `sync` mode fsynced) and will be found by recovery; nothing above it may be
+//! served to a consumer or acknowledged to a producer.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ferry_record::{decode, encode, encoded_len, Record};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::recovery::{self, RecoveryReport};
+use crate::segment::{self, HEADER_LEN};
+use crate::StoreError;
+
+/// When an append counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// Committed only after `fdatasync` returned: survives power loss.
+    #[default]
+    Sync,
+    /// Committed once written to the OS page cache; fsynced every
+    /// `async_flush_interval`. Survives a process crash (kill -9), but a power
+    /// loss or kernel crash can lose up to one interval of acknowledged data.
+    Async,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    /// Target size of a segment file; a record never spans two segments.
+    pub segment_bytes: u64,
+    pub flush: FlushMode,
+    pub async_flush_interval: Duration,
+    /// Largest record accepted on append and on read; anything longer is
+    /// treated as damage by recovery.
+    pub max_record_bytes: usize,
+    /// Appends wait (back-pressure) while this many bytes are pending.
+    pub max_pending_bytes: usize,
+}
+
+impl LogConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LogConfig {
+            dir: dir.into(),
+            segment_bytes: 256 << 20,
+            flush: FlushMode::Sync,
+            async_flush_interval: Duration::from_millis(1000),
+            max_record_bytes: 16 << 20,
+            max_pending_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What the flusher has made durable so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Every record ending at or below this offset is committed.
+    pub committed: u64,
+    /// Set once a write or fsync failed; the log accepts nothing after that.
+    pub failed: Option<Arc<str>>,
+}
+
+/// A segment as seen by retention and by operators.
+#[derive(Debug, Clone)]
+pub struct SegmentInfo {
+    pub base: u64,
+    pub end: u64,
+    pub bytes: u64,
+    pub last_write_ms: i64,
+    pub path: PathBuf,
+}
+
+struct Chunk {
+    segment_base: u64,
+    bytes: Vec<u8>,
+}
+
+struct Pending {
+    next_offset: u64,
+    active_base: u64,
+    active_len: u64,
+    chunks: Vec<Chunk>,
+    bytes: usize,
+    failed: Option<Arc<str>>,
+    shutdown: bool,
+}
+
+struct Readable {
+    base: u64,
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+struct Shared {
+    config: LogConfig,
+    pending: Mutex<Pending>,
+    /// Wakes the flusher when chunks arrive or on shutdown.
+    work: Condvar,
+    /// Wakes appenders waiting for buffer space.
+    space: Condvar,
+    progress: watch::Sender<Progress>,
+    segments: RwLock<BTreeMap<u64, Readable>>,
+}
+
+/// The commit log. Cheap to share behind an `Arc`.
+pub struct Log {
+    shared: Arc<Shared>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    _lock: File,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+const CLEAN_MARK: &str = "CLEAN";
+
+impl Log {
+    /// Opens (or creates) the log in `config.dir`, runs recovery, and hands
+    /// every surviving record to `on_record` in log order before returning.
+    pub fn open(
+        config: LogConfig,
+        on_record: &mut dyn FnMut(u64, u32, Record),
+    ) -> Result<(Log, RecoveryReport), StoreError> {
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(StoreError::io("creating log directory", &dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(StoreError::io("opening lock file", &lock_path))?;
+        lock.try_lock()
+            .map_err(|_| StoreError::Locked(dir.clone()))?;
+
+        let clean_path = dir.join(CLEAN_MARK);
+        let clean_end = std::fs::read_to_string(&clean_path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+
+        let (scanned, mut report) = recovery::scan(&dir, config.max_record_bytes, on_record)?;
+        report.clean_shutdown = clean_end == Some(report.end_offset)
+            && report.dropped.is_empty()
+            && report.truncated_bytes == 0
+            && report.damaged_segments.is_empty();
+        if clean_end.is_some() {
+            std::fs::remove_file(&clean_path)
+                .map_err(StoreError::io("removing clean mark", &clean_path))?;
+            segment::sync_dir(&dir)?;
+        }
+
+        let mut segments = BTreeMap::new();
+        for s in &scanned {
+            let file = File::open(&s.path).map_err(StoreError::io("opening segment", &s.path))?;
+            segments.insert(
+                s.base,
+                Readable {
+                    base: s.base,
+                    path: s.path.clone(),
+                    file: Arc::new(file),
+                },
+            );
+        }
+        let end = report.end_offset;
+        let (active_base, active_len) = scanned
+            .last()
+            .map_or((end, 0), |s| (s.base, s.end - s.base));
+        let (progress, _) = watch::channel(Progress {
+            committed: end,
+            failed: None,
+        });
+        let shared = Arc::new(Shared {
+            config,
+            pending: Mutex::new(Pending {
+                next_offset: end,
+                active_base,
+                active_len,
+                chunks: Vec::new(),
+                bytes: 0,
+                failed: None,
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+            space: Condvar::new(),
+            progress,
+            segments: RwLock::new(segments),
+        });
+        let active = match scanned.last() {
+            Some(s) => Some((
+                s.base,
+                OpenOptions::new()
+                    .write(true)
+                    .open(&s.path)
+                    .map_err(StoreError::io("opening active segment", &s.path))?,
+                HEADER_LEN + (s.end - s.base),
+            )),
+            None => None,
+        };
+        let flusher_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("ferry-log-flusher".into())
+            .spawn(move || Flusher::new(flusher_shared, active).run())
+            .map_err(StoreError::io("starting flusher thread", &dir))?;
+        info!(
+            dir = %dir.display(),
+            segments = report.segments,
+            records = report.records,
+            end_offset = end,
+            clean = report.clean_shutdown,
+            "commit log open"
+        );
+        Ok((
+            Log {
+                shared,
+                flusher: Mutex::new(Some(handle)),
+                _lock: lock,
+            },
+            report,
+        ))
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Buffers `rec` for the next group commit and returns its log offset
+    /// and length. The record is *not* durable yet: wait with
+    /// [`Log::wait_committed`] for `offset + len`.
+    pub fn append(&self, rec: &Record) -> Result<(u64, u32), StoreError> {
+        let len = encoded_len(rec);
+        let max = self.shared.config.max_record_bytes;
+        if len > max {
+            return Err(StoreError::RecordTooLarge { len, max });
+        }
+        let mut p = self.lock_pending();
+        while p.bytes > self.shared.config.max_pending_bytes && p.failed.is_none() && !p.shutdown {
+            p = self.shared.space.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(f) = &p.failed {
+            return Err(StoreError::Failed(f.to_string()));
+        }
+        if p.shutdown {
+            return Err(StoreError::ShuttingDown);
+        }
+        if p.active_len > 0 && p.active_len + len as u64 > self.shared.config.segment_bytes {
+            p.active_base = p.next_offset;
+            p.active_len = 0;
+        }
+        let offset = p.next_offset;
+        let base = p.active_base;
+        let fresh_chunk = p.chunks.last().is_none_or(|c| c.segment_base != base);
+        if fresh_chunk {
+            p.chunks.push(Chunk {
+                segment_base: base,
+                bytes: Vec::with_capacity(64 << 10),
+            });
+        }
+        let chunk = p.chunks.last_mut().expect("chunk pushed above");
+        encode(rec, offset, &mut chunk.bytes);
+        p.next_offset += len as u64;
+        p.active_len += len as u64;
+        p.bytes += len;
+        drop(p);
+        self.shared.work.notify_one();
+        Ok((offset, len as u32))
+    }
+
+    /// Offset where the next record will go (committed or not).
+    pub fn next_offset(&self) -> u64 {
+        self.lock_pending().next_offset
+    }
+
+    /// The latest committed offset and failure state.
+    pub fn progress(&self) -> Progress {
+        self.shared.progress.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.shared.progress.subscribe()
+    }
+
+    /// Waits until every byte below `end` is committed.
+    pub async fn wait_committed(&self, end: u64) -> Result<(), StoreError> {
+        let mut rx = self.shared.progress.subscribe();
+        let p = rx
+            .wait_for(|p| p.committed >= end || p.failed.is_some())
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        if p.committed >= end {
+            Ok(())
+        } else {
+            Err(StoreError::Failed(
+                p.failed.as_deref().unwrap_or("unknown").to_string(),
+            ))
+        }
+    }
+
+    /// Reads and verifies the committed record at `offset`. A record that
+    /// fails its checksum is reported as [`StoreError::Corrupt`], never
+    /// returned.
+    pub fn read(&self, offset: u64, len: u32) -> Result<Record, StoreError> {
+        let committed = self.shared.progress.borrow().committed;
+        let segments = self
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let first = segments.keys().next().copied().unwrap_or(committed);
+        let out_of_range = StoreError::OutOfRange {
+            offset,
+            first,
+            committed,
+        };
+        if offset + len as u64 > committed || len as usize > self.shared.config.max_record_bytes {
+            return Err(out_of_range);
+        }
+        let Some((_, seg)) = segments.range(..=offset).next_back() else {
+            return Err(out_of_range);
+        };
+        let file = seg.file.clone();
+        let pos = HEADER_LEN + (offset - seg.base);
+        let path = seg.path.clone();
+        drop(segments);
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, pos)
+            .map_err(StoreError::io("reading record", path))?;
+        decode(
+            &Bytes::from(buf),
+            offset,
+            self.shared.config.max_record_bytes,
+        )
+        .map(|(rec, _)| rec)
+        .map_err(|source| StoreError::Corrupt { offset, source })
+    }
+
+    /// Segments in offset order; the last one is active.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let next = self.next_offset();
+        let segments = self
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let bases: Vec<u64> = segments.keys().copied().collect();
+        segments
+            .values()
+            .enumerate()
+            .map(|(i, s)| {
+                let meta = std::fs::metadata(&s.path).ok();
+                SegmentInfo {
+                    base: s.base,
+                    end: bases.get(i + 1).copied().unwrap_or(next),
+                    bytes: meta.as_ref().map_or(0, |m| m.len()),
+                    last_write_ms: meta
+                        .and_then(|m| m.modified().ok())
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_millis() as i64),
+                    path: s.path.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Deletes the closed segment starting at `base`. The active segment is
+    /// refused. Readers that already hold the file keep reading it.
+    pub fn delete_segment(&self, base: u64) -> Result<bool, StoreError> {
+        let active = self.lock_pending().active_base;
+        let mut segments = self
+            .shared
+            .segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let is_last = segments.keys().next_back() == Some(&base);
+        if base >= active || is_last {
+            return Ok(false);
+        }
+        let Some(seg) = segments.remove(&base) else {
+            return Ok(false);
+        };
+        drop(segments);
+        std::fs::remove_file(&seg.path).map_err(StoreError::io("deleting segment", &seg.path))?;
+        segment::sync_dir(&self.shared.config.dir)?;
+        info!(path = %seg.path.display(), "segment deleted by retention");
+        Ok(true)
+    }
+
+    /// Flushes everything pending, fsyncs, marks the log cleanly closed and
+    /// stops the flusher. Appends after this fail with `ShuttingDown`.
+    pub fn shutdown(&self) -> Result<(), StoreError> {
+        {
+            let mut p = self.lock_pending();
+            p.shutdown = true;
+        }
+        self.shared.work.notify_all();
+        self.shared.space.notify_all();
+        let handle = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        let progress = self.progress();
+        if let Some(f) = progress.failed {
+            return Err(StoreError::Failed(f.to_string()));
+        }
+        let clean = self.shared.config.dir.join(CLEAN_MARK);
+        std::fs::write(&clean, progress.committed.to_string())
+            .and_then(|_| File::open(&clean)?.sync_all())
+            .map_err(StoreError::io("writing clean mark", &clean))?;
+        segment::sync_dir(&self.shared.config.dir)?;
+        info!(end_offset = progress.committed, "commit log closed cleanly");
+        Ok(())
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let mut p = self.lock_pending();
+        p.shutdown = true;
+        drop(p);
+        self.shared.work.notify_all();
+        if let Some(h) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The single writer of segment files.
+struct Flusher {
+    shared: Arc<Shared>,
+    /// Active segment: base offset, file, and the file position to write at.
+    active: Option<(u64, File, u64)>,
+    unsynced: bool,
+    last_sync: Instant,
+}
+
+impl Flusher {
+    fn new(shared: Arc<Shared>, active: Option<(u64, File, u64)>) -> Self {
+        Flusher {
+            shared,
+            active,
+            unsynced: false,
+            last_sync: Instant::now(),
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let (chunks, end, shutdown) = {
+                let mut p = self
+                    .shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                while p.chunks.is_empty() && !p.shutdown {
+                    let wait = match self.shared.config.flush {
+                        FlushMode::Async if self.unsynced => {
+                            self.shared.config.async_flush_interval
+                        }
+                        _ => Duration::from_secs(3600),
+                    };
+                    let (g, timeout) = self
+                        .shared
+                        .work
+                        .wait_timeout(p, wait)
+                        .unwrap_or_else(|e| e.into_inner());
+                    p = g;
+                    if timeout.timed_out() && p.chunks.is_empty() {
+                        break;
+                    }
+                }
+                let chunks = std::mem::take(&mut p.chunks);
+                (chunks, p.next_offset, p.shutdown)
+            };
+            let result = self.write(&chunks).and_then(|_| self.sync_if_due(shutdown));
+            {
+                let mut p = self
+                    .shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                p.bytes -= chunks.iter().map(|c| c.bytes.len()).sum::<usize>();
+                if let Err(e) = &result {
+                    let msg: Arc<str> = Arc::from(e.to_string());
+                    error!(error = %msg, "commit log write failed; refusing further appends");
+                    p.failed = Some(msg.clone());
+                    self.shared.progress.send_modify(|pr| pr.failed = Some(msg));
+                }
+            }
+            self.shared.space.notify_all();
+            if result.is_ok() && !chunks.is_empty() {
+                self.shared.progress.send_modify(|pr| pr.committed = end);
+            }
+            if shutdown || result.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn write(&mut self, chunks: &[Chunk]) -> Result<(), StoreError> {
+        for chunk in chunks {
+            if self.active.as_ref().map(|a| a.0) != Some(chunk.segment_base) {
+                self.roll(chunk.segment_base)?;
+            }
+            let (base, file, pos) = self.active.as_mut().expect("rolled above");
+            if let Err(e) = file.write_all_at(&chunk.bytes, *pos) {
+                let path = self.shared.config.dir.join(segment::file_name(*base));
+                return Err(StoreError::io("appending to segment", path)(e));
+            }
+            *pos += chunk.bytes.len() as u64;
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    /// Closes the active segment (durably) and creates the next one.
+    fn roll(&mut self, base: u64) -> Result<(), StoreError> {
+        if let Some((old, f, _)) = self.active.take() {
+            let path = self.shared.config.dir.join(segment::file_name(old));
+            f.sync_data()
+                .map_err(StoreError::io("syncing closed segment", &path))?;
+        }
+        let (path, file) = segment::create(&self.shared.config.dir, base, now_ms())?;
+        let reader = File::open(&path).map_err(StoreError::io("opening segment", &path))?;
+        self.shared
+            .segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                base,
+                Readable {
+                    base,
+                    path,
+                    file: Arc::new(reader),
+                },
+            );
+        self.active = Some((base, file, HEADER_LEN));
+        Ok(())
+    }
+
+    fn sync_if_due(&mut self, shutdown: bool) -> Result<(), StoreError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let due = match self.shared.config.flush {
+            FlushMode::Sync => true,
+            FlushMode::Async => {
+                shutdown || self.last_sync.elapsed() >= self.shared.config.async_flush_interval
+            }
+        };
+        if !due {
+            return Ok(());
+        }
+        if let Some((base, f, _)) = &self.active {
+            let path: &Path = &self.shared.config.dir.join(segment::file_name(*base));
+            f.sync_data()
+                .map_err(StoreError::io("syncing segment", path))?;
+        }
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+}
