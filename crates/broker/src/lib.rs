@@ -1,1 +1,31 @@
-//! placeholder
+//! The broker core: what Ferry decides, with no I/O.
+//!
+//! The core holds topics with their queues (the consume-queue index: for each
+//! queue offset, where the message lies in the commit log) and, per consumer
+//! group and queue, what is in flight and what is done. It never reads a file,
+//! a socket or the system clock: callers pass the time in, and every state
+//! change goes through [`Broker::apply`] with a commit-log record. The live
+//! path (decide → append record → apply) and crash recovery (replay records →
+//! apply) therefore build the very same state.
+//!
+//! Modules: [`config`] (limits and defaults), [`error`] (typed failures),
+//! [`validate`] (message and name rules), [`filter`] (tag expressions),
+//! [`handle`] (receipt handles), [`topic`] (queues and their index),
+//! [`group`] (consumer-group progress), [`core`] (the state machine).
+
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod filter;
+pub mod group;
+pub mod handle;
+pub mod topic;
+pub mod validate;
+
+pub use crate::config::{CoreConfig, Limits};
+pub use crate::core::{
+    Broker, Delivery, GroupQueueStats, Incoming, MessageKind, ReceivePlan, ReceiveRequest,
+    RetentionLoss, TopicStats,
+};
+pub use crate::error::BrokerError;
+pub use crate::filter::Filter;

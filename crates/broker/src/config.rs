@@ -1,0 +1,73 @@
+//! Defaults and limits of the core. Every bound the broker enforces lives
+//! here, so the CLI can expose them and the README can list them.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoreConfig {
+    /// Create a topic on first use (route query or send).
+    pub auto_create_topics: bool,
+    /// Queues of an auto-created topic.
+    pub default_queues: u32,
+    pub limits: Limits,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            auto_create_topics: true,
+            default_queues: 8,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest message body, bytes (RocketMQ default 4 MiB).
+    pub max_body_bytes: usize,
+    /// Largest user properties + tag + keys, bytes (16 KiB).
+    pub max_properties_bytes: usize,
+    /// Most user properties on one message (128).
+    pub max_properties: usize,
+    /// Most messages in one SendMessage batch.
+    pub max_batch_messages: usize,
+    pub max_message_id_len: usize,
+    pub max_topic_name_len: usize,
+    pub max_group_name_len: usize,
+    /// A message group (FIFO key) must be shorter than this many bytes.
+    pub max_message_group_len: usize,
+    pub max_topics: usize,
+    pub max_queues_per_topic: u32,
+    pub max_groups: usize,
+    /// Most un-acked messages one group may hold on one queue; beyond it the
+    /// queue delivers nothing new to that group until some are settled.
+    pub max_inflight_per_queue: usize,
+    pub min_invisible_ms: i64,
+    pub max_invisible_ms: i64,
+    pub max_long_polling_ms: i64,
+    pub max_receive_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 << 20,
+            max_properties_bytes: 16 << 10,
+            max_properties: 128,
+            max_batch_messages: 1024,
+            max_message_id_len: 128,
+            max_topic_name_len: 127,
+            max_group_name_len: 255,
+            max_message_group_len: 64,
+            max_topics: 10_000,
+            max_queues_per_topic: 256,
+            max_groups: 10_000,
+            max_inflight_per_queue: 65_536,
+            min_invisible_ms: 1_000,
+            max_invisible_ms: 12 * 3600 * 1000,
+            max_long_polling_ms: 30_000,
+            max_receive_batch: 1024,
+        }
+    }
+}

@@ -1,0 +1,636 @@
+//! The state machine. See the crate docs for the decide → append → apply
+//! discipline every mutation follows.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use ferry_record::{AckRecord, DeliverRecord, MessageRecord, Payload, Record, RenewRecord};
+
+use crate::filter::Filter;
+use crate::group::{GroupQueue, Inflight};
+use crate::handle::{self, Receipt};
+use crate::topic::{Entry, Topic};
+use crate::{validate, BrokerError, CoreConfig};
+
+/// RocketMQ message types, by their wire numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    Normal = 1,
+    Fifo = 2,
+    Delay = 3,
+    Transaction = 4,
+}
+
+impl MessageKind {
+    pub fn from_code(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Normal),
+            2 => Some(Self::Fifo),
+            3 => Some(Self::Delay),
+            4 => Some(Self::Transaction),
+            _ => None,
+        }
+    }
+}
+
+/// A message as a producer sent it, before it has a place in the log.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub message_id: String,
+    pub kind: MessageKind,
+    pub tag: Option<String>,
+    pub keys: Vec<String>,
+    pub message_group: Option<String>,
+    pub delivery_timestamp_ms: Option<i64>,
+    pub born_timestamp_ms: i64,
+    pub born_host: String,
+    /// Queue the producer picked from the route; taken modulo the topic's
+    /// queue count.
+    pub queue_id: u32,
+    pub body_encoding: u8,
+    pub properties: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// A receive call, already parsed.
+#[derive(Debug, Clone)]
+pub struct ReceiveRequest<'a> {
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub filter: &'a Filter,
+    pub max_messages: usize,
+    pub invisible_ms: i64,
+}
+
+/// One message handed to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub log_offset: u64,
+    pub len: u32,
+    pub attempt: u32,
+    pub visible_at_ms: i64,
+    pub receipt_handle: String,
+}
+
+/// What a receive decided: the delivery records to append (in order), and
+/// cursor moves over messages the filter skipped.
+#[derive(Debug, Default)]
+pub struct ReceivePlan {
+    pub records: Vec<Record>,
+    pub deliveries: Vec<Delivery>,
+    pub skips: Vec<(u32, u64)>,
+}
+
+/// Un-consumed messages retention removed from under a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionLoss {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub messages: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TopicStats {
+    pub name: String,
+    /// Per queue: (min offset, max offset) — the retained range.
+    pub queues: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupQueueStats {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub consumed_offset: u64,
+    pub max_offset: u64,
+    pub lag: u64,
+    pub inflight: usize,
+}
+
+type GroupState = BTreeMap<(String, u32), GroupQueue>;
+
+/// The broker core. Single-threaded by design: the shell serialises calls.
+#[derive(Debug)]
+pub struct Broker {
+    config: CoreConfig,
+    topics: BTreeMap<String, Topic>,
+    groups: BTreeMap<String, GroupState>,
+    next_handle: u64,
+    rotation: u64,
+}
+
+impl Broker {
+    pub fn new(config: CoreConfig) -> Self {
+        Broker {
+            config,
+            topics: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            next_handle: 1,
+            rotation: 0,
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&Topic> {
+        self.topics.get(name)
+    }
+
+    pub fn topic_names(&self) -> impl Iterator<Item = &str> {
+        self.topics.keys().map(String::as_str)
+    }
+
+    /// Creates a topic with `queues` queues. Creating an existing topic is a
+    /// no-op that returns `false`.
+    pub fn create_topic(&mut self, name: &str, queues: u32) -> Result<bool, BrokerError> {
+        validate::topic_name(name, &self.config.limits)?;
+        if self.topics.contains_key(name) {
+            return Ok(false);
+        }
+        let limits = &self.config.limits;
+        if queues == 0 || queues > limits.max_queues_per_topic {
+            return Err(BrokerError::BadRequest(format!(
+                "a topic needs 1 to {} queues, not {queues}",
+                limits.max_queues_per_topic
+            )));
+        }
+        if self.topics.len() >= limits.max_topics {
+            return Err(BrokerError::LimitReached(format!(
+                "at most {} topics",
+                limits.max_topics
+            )));
+        }
+        self.topics
+            .insert(name.to_string(), Topic::new(name, queues));
+        Ok(true)
+    }
+
+    /// Turns a validated message into its log record. Does not mutate: the
+    /// caller appends the record and then calls [`Broker::apply`].
+    pub fn prepare_message(&self, now_ms: i64, m: &Incoming) -> Result<Record, BrokerError> {
+        let topic = self
+            .topics
+            .get(&m.topic)
+            .ok_or_else(|| BrokerError::TopicNotFound(m.topic.clone()))?;
+        let queue_id = m.queue_id % topic.queues.len() as u32;
+        let queue_offset = topic.queues[queue_id as usize].next_offset();
+        Ok(Record {
+            term: 0,
+            timestamp_ms: now_ms,
+            payload: Payload::Message(MessageRecord {
+                topic: m.topic.clone(),
+                queue_id,
+                queue_offset,
+                message_id: m.message_id.clone(),
+                message_type: m.kind as u8,
+                body_encoding: m.body_encoding,
+                tag: m.tag.clone(),
+                keys: m.keys.clone(),
+                message_group: m.message_group.clone(),
+                delivery_timestamp_ms: m.delivery_timestamp_ms,
+                born_timestamp_ms: m.born_timestamp_ms,
+                born_host: m.born_host.clone(),
+                properties: m.properties.clone(),
+                body: m.body.clone(),
+            }),
+        })
+    }
+
+    /// Applies one record found at `log_offset` (length `len`). The only way
+    /// state changes; used identically live and during recovery.
+    pub fn apply(&mut self, log_offset: u64, len: u32, rec: &Record) {
+        match &rec.payload {
+            Payload::Message(m) => self.apply_message(log_offset, len, rec.timestamp_ms, m),
+            Payload::Deliver(d) => {
+                self.next_handle = self.next_handle.max(d.handle + 1);
+                let Some(gq) = self.group_queue_mut(&d.group, &d.topic, d.queue_id, d.queue_offset)
+                else {
+                    return;
+                };
+                gq.deliver(
+                    d.queue_offset,
+                    Inflight {
+                        handle: d.handle,
+                        attempt: d.attempt,
+                        visible_at_ms: d.visible_at_ms,
+                    },
+                );
+            }
+            Payload::Ack(a) => {
+                if let Some(gq) =
+                    self.group_queue_mut(&a.group, &a.topic, a.queue_id, a.queue_offset)
+                {
+                    if gq
+                        .inflight
+                        .get(&a.queue_offset)
+                        .is_some_and(|f| f.handle == a.handle)
+                    {
+                        gq.settle(a.queue_offset);
+                    }
+                }
+            }
+            Payload::Renew(r) => {
+                self.next_handle = self.next_handle.max(r.handle + 1);
+                if let Some(gq) =
+                    self.group_queue_mut(&r.group, &r.topic, r.queue_id, r.queue_offset)
+                {
+                    if let Some(old) = gq.settle(r.queue_offset) {
+                        gq.deliver(
+                            r.queue_offset,
+                            Inflight {
+                                handle: r.handle,
+                                attempt: old.attempt,
+                                visible_at_ms: r.visible_at_ms,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_message(&mut self, log_offset: u64, len: u32, store_ms: i64, m: &MessageRecord) {
+        let default_queues = self.config.default_queues;
+        let topic = self
+            .topics
+            .entry(m.topic.clone())
+            .or_insert_with(|| Topic::new(&m.topic, default_queues.max(m.queue_id + 1)));
+        while topic.queues.len() <= m.queue_id as usize {
+            topic.queues.push(Default::default());
+        }
+        let tag = m.tag.as_deref().map(|t| topic.intern(t));
+        let queue = &mut topic.queues[m.queue_id as usize];
+        if queue.entries.is_empty() && m.queue_offset > queue.base {
+            // Everything before this message was removed by retention.
+            queue.base = m.queue_offset;
+        }
+        if m.queue_offset < queue.next_offset() {
+            // Already indexed (cannot happen on the live path).
+            debug_assert!(false, "queue offset {} reused", m.queue_offset);
+            return;
+        }
+        while queue.next_offset() < m.queue_offset {
+            // A gap: recovery dropped a damaged record here.
+            queue.entries.push_back(Entry {
+                log_offset: Entry::LOST,
+                len: 0,
+                tag: None,
+                store_ms,
+            });
+        }
+        queue.entries.push_back(Entry {
+            log_offset,
+            len,
+            tag,
+            store_ms,
+        });
+    }
+
+    /// The state of `group` on a queue, created on first use starting at the
+    /// queue's oldest retained message. `None` when the message at
+    /// `queue_offset` is no longer retained (its records are history).
+    fn group_queue_mut(
+        &mut self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Option<&mut GroupQueue> {
+        let queue = self.topics.get(topic)?.queues.get(queue_id as usize)?;
+        if queue_offset < queue.base || queue_offset >= queue.next_offset() {
+            return None;
+        }
+        let base = queue.base;
+        let state = self.groups.entry(group.to_string()).or_default();
+        Some(
+            state
+                .entry((topic.to_string(), queue_id))
+                .or_insert_with(|| GroupQueue::new(base)),
+        )
+    }
+
+    /// Marks a message whose record turned out damaged on read: it can never
+    /// be served, so it is settled for every group and skipped from now on.
+    pub fn mark_lost(&mut self, topic: &str, queue_id: u32, queue_offset: u64) {
+        if let Some(e) = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| t.queues.get_mut(queue_id as usize))
+            .and_then(|q| q.get_mut(queue_offset))
+        {
+            e.log_offset = Entry::LOST;
+            e.len = 0;
+        }
+        for state in self.groups.values_mut() {
+            if let Some(gq) = state.get_mut(&(topic.to_string(), queue_id)) {
+                gq.settle(queue_offset);
+            }
+        }
+    }
+
+    /// Decides what a receive hands out: due redeliveries first, then new
+    /// messages, never anything above `committed` (not yet durable).
+    pub fn plan_receive(
+        &mut self,
+        now_ms: i64,
+        req: &ReceiveRequest<'_>,
+        committed: u64,
+    ) -> Result<ReceivePlan, BrokerError> {
+        let limits = &self.config.limits;
+        validate::group_name(req.group, limits)?;
+        if req.invisible_ms < limits.min_invisible_ms || req.invisible_ms > limits.max_invisible_ms
+        {
+            return Err(BrokerError::IllegalInvisibleTime(format!(
+                "{} ms is outside [{}, {}] ms",
+                req.invisible_ms, limits.min_invisible_ms, limits.max_invisible_ms
+            )));
+        }
+        if req.max_messages == 0 || req.max_messages > limits.max_receive_batch {
+            return Err(BrokerError::BadRequest(format!(
+                "batch size {} is outside [1, {}]",
+                req.max_messages, limits.max_receive_batch
+            )));
+        }
+        if !self.groups.contains_key(req.group) && self.groups.len() >= limits.max_groups {
+            return Err(BrokerError::LimitReached(format!(
+                "at most {} consumer groups",
+                limits.max_groups
+            )));
+        }
+        let max_inflight = limits.max_inflight_per_queue;
+        let topic = self
+            .topics
+            .get(req.topic)
+            .ok_or_else(|| BrokerError::TopicNotFound(req.topic.to_string()))?;
+        let empty = BTreeMap::new();
+        let state = self.groups.get(req.group).unwrap_or(&empty);
+        let n = topic.queues.len();
+        let start = (self.rotation % n as u64) as usize;
+        self.rotation = self.rotation.wrapping_add(1);
+        let mut plan = ReceivePlan::default();
+        let mut handle = self.next_handle;
+        let visible_at_ms = now_ms + req.invisible_ms;
+        let mut push = |plan: &mut ReceivePlan, q: u32, off: u64, e: &Entry, attempt: u32| {
+            let receipt = Receipt {
+                queue_id: q,
+                queue_offset: off,
+                handle,
+            };
+            plan.records.push(Record {
+                term: 0,
+                timestamp_ms: now_ms,
+                payload: Payload::Deliver(DeliverRecord {
+                    group: req.group.to_string(),
+                    topic: req.topic.to_string(),
+                    queue_id: q,
+                    queue_offset: off,
+                    attempt,
+                    handle,
+                    visible_at_ms,
+                }),
+            });
+            plan.deliveries.push(Delivery {
+                queue_id: q,
+                queue_offset: off,
+                log_offset: e.log_offset,
+                len: e.len,
+                attempt,
+                visible_at_ms,
+                receipt_handle: handle::encode(req.group, req.topic, &receipt),
+            });
+            handle += 1;
+        };
+        for i in 0..n {
+            if plan.deliveries.len() >= req.max_messages {
+                break;
+            }
+            let q = ((start + i) % n) as u32;
+            let queue = &topic.queues[q as usize];
+            let fresh_state;
+            let gq = match state.get(&(req.topic.to_string(), q)) {
+                Some(gq) => gq,
+                None => {
+                    fresh_state = GroupQueue::new(queue.base);
+                    &fresh_state
+                }
+            };
+            for &(due, off) in &gq.expiry {
+                if due > now_ms || plan.deliveries.len() >= req.max_messages {
+                    break;
+                }
+                let Some(e) = queue.get(off).filter(|e| !e.is_lost()) else {
+                    continue;
+                };
+                let attempt = gq.inflight.get(&off).map_or(1, |f| f.attempt + 1);
+                push(&mut plan, q, off, e, attempt);
+            }
+            let mut cursor = gq.cursor.max(queue.base);
+            let mut inflight = gq.inflight.len();
+            let mut skipped_to = None;
+            while plan.deliveries.len() < req.max_messages && inflight < max_inflight {
+                let Some(e) = queue.get(cursor) else { break };
+                if !e.is_lost() && e.end() > committed {
+                    break;
+                }
+                if e.is_lost() || !req.filter.matches(e.tag.as_deref()) {
+                    cursor += 1;
+                    skipped_to = Some(cursor);
+                    continue;
+                }
+                push(&mut plan, q, cursor, e, 1);
+                inflight += 1;
+                cursor += 1;
+                skipped_to = None;
+            }
+            if let Some(to) = skipped_to {
+                plan.skips.push((q, to));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Moves a group's cursor over messages its filter skipped (no record:
+    /// after a restart they are simply examined again).
+    pub fn apply_skips(&mut self, group: &str, topic: &str, skips: &[(u32, u64)]) {
+        for &(q, to) in skips {
+            let Some(queue) = self
+                .topics
+                .get(topic)
+                .and_then(|t| t.queues.get(q as usize))
+            else {
+                continue;
+            };
+            let base = queue.base;
+            let gq = self
+                .groups
+                .entry(group.to_string())
+                .or_default()
+                .entry((topic.to_string(), q))
+                .or_insert_with(|| GroupQueue::new(base));
+            gq.cursor = gq.cursor.max(to);
+        }
+    }
+
+    fn inflight_for(
+        &self,
+        group: &str,
+        topic: &str,
+        receipt: &str,
+    ) -> Result<(Receipt, Inflight), BrokerError> {
+        validate::group_name(group, &self.config.limits)?;
+        let r = handle::decode(group, topic, receipt)?;
+        let f = self
+            .groups
+            .get(group)
+            .and_then(|s| s.get(&(topic.to_string(), r.queue_id)))
+            .and_then(|gq| gq.inflight.get(&r.queue_offset))
+            .filter(|f| f.handle == r.handle)
+            .ok_or_else(|| {
+                BrokerError::InvalidReceiptHandle(
+                    "the delivery it names was already acknowledged, or was delivered again (each delivery and each invisibility change issues a new handle)".into(),
+                )
+            })?;
+        Ok((r, *f))
+    }
+
+    /// Decides an acknowledgement. The record settles the message when applied.
+    pub fn plan_ack(
+        &self,
+        now_ms: i64,
+        group: &str,
+        topic: &str,
+        receipt: &str,
+    ) -> Result<Record, BrokerError> {
+        let (r, _) = self.inflight_for(group, topic, receipt)?;
+        Ok(Record {
+            term: 0,
+            timestamp_ms: now_ms,
+            payload: Payload::Ack(AckRecord {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                queue_id: r.queue_id,
+                queue_offset: r.queue_offset,
+                handle: r.handle,
+            }),
+        })
+    }
+
+    /// Decides an invisibility change: the message becomes visible again at
+    /// `now + invisible_ms` and only the returned new handle can settle it.
+    pub fn plan_renew(
+        &mut self,
+        now_ms: i64,
+        group: &str,
+        topic: &str,
+        receipt: &str,
+        invisible_ms: i64,
+    ) -> Result<(Record, String), BrokerError> {
+        let max = self.config.limits.max_invisible_ms;
+        if !(0..=max).contains(&invisible_ms) {
+            return Err(BrokerError::IllegalInvisibleTime(format!(
+                "{invisible_ms} ms is outside [0, {max}] ms"
+            )));
+        }
+        let (r, _) = self.inflight_for(group, topic, receipt)?;
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let new = Receipt { handle, ..r };
+        Ok((
+            Record {
+                term: 0,
+                timestamp_ms: now_ms,
+                payload: Payload::Renew(RenewRecord {
+                    group: group.to_string(),
+                    topic: topic.to_string(),
+                    queue_id: r.queue_id,
+                    queue_offset: r.queue_offset,
+                    handle,
+                    visible_at_ms: now_ms + invisible_ms,
+                }),
+            },
+            handle::encode(group, topic, &new),
+        ))
+    }
+
+    /// Earliest time an in-flight message of `group` on `topic` becomes
+    /// visible again: when a long poll should look again.
+    pub fn next_expiry(&self, group: &str, topic: &str) -> Option<i64> {
+        let state = self.groups.get(group)?;
+        state
+            .range((topic.to_string(), 0)..=(topic.to_string(), u32::MAX))
+            .filter_map(|(_, gq)| gq.next_expiry())
+            .min()
+    }
+
+    /// Removes index entries for records below log offset `cut` (their
+    /// segments are being deleted) and reports what groups had not consumed.
+    pub fn prune_below(&mut self, cut: u64) -> Vec<RetentionLoss> {
+        let mut losses = Vec::new();
+        for (name, topic) in &mut self.topics {
+            for (q, queue) in topic.queues.iter_mut().enumerate() {
+                while queue
+                    .entries
+                    .front()
+                    .is_some_and(|e| e.is_lost() || e.log_offset < cut)
+                {
+                    queue.entries.pop_front();
+                    queue.base += 1;
+                }
+                for (group, state) in &mut self.groups {
+                    if let Some(gq) = state.get_mut(&(name.clone(), q as u32)) {
+                        let lost = gq.drop_below(queue.base);
+                        if lost > 0 {
+                            losses.push(RetentionLoss {
+                                group: group.clone(),
+                                topic: name.clone(),
+                                queue_id: q as u32,
+                                messages: lost,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        losses
+    }
+
+    pub fn topic_stats(&self) -> Vec<TopicStats> {
+        self.topics
+            .values()
+            .map(|t| TopicStats {
+                name: t.name.clone(),
+                queues: t.queues.iter().map(|q| (q.base, q.next_offset())).collect(),
+            })
+            .collect()
+    }
+
+    pub fn group_stats(&self) -> Vec<GroupQueueStats> {
+        let mut out = Vec::new();
+        for (group, state) in &self.groups {
+            for ((topic, q), gq) in state {
+                let max_offset = self
+                    .topics
+                    .get(topic)
+                    .and_then(|t| t.queues.get(*q as usize))
+                    .map_or(0, |queue| queue.next_offset());
+                let consumed = gq.ack_floor();
+                out.push(GroupQueueStats {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    queue_id: *q,
+                    consumed_offset: consumed,
+                    max_offset,
+                    lag: max_offset.saturating_sub(consumed),
+                    inflight: gq.inflight.len(),
+                });
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,80 @@
+//! Topics and their queues. A queue is the consume-queue index: entry `i`
+//! says where the message with queue offset `base + i` lies in the log.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+/// Where one message lies, plus what filtering needs without reading it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Log offset of the record; [`Entry::LOST`] for a message recovery
+    /// could not read (its slot is kept so later offsets stay right).
+    pub log_offset: u64,
+    pub len: u32,
+    pub tag: Option<Arc<str>>,
+    pub store_ms: i64,
+}
+
+impl Entry {
+    pub const LOST: u64 = u64::MAX;
+
+    pub fn is_lost(&self) -> bool {
+        self.log_offset == Self::LOST
+    }
+
+    /// First log offset after this record.
+    pub fn end(&self) -> u64 {
+        self.log_offset + self.len as u64
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Queue {
+    /// Queue offset of `entries[0]`.
+    pub base: u64,
+    pub entries: VecDeque<Entry>,
+}
+
+impl Queue {
+    /// Queue offset the next message will get.
+    pub fn next_offset(&self) -> u64 {
+        self.base + self.entries.len() as u64
+    }
+
+    pub fn get(&self, queue_offset: u64) -> Option<&Entry> {
+        let i = queue_offset.checked_sub(self.base)?;
+        self.entries.get(usize::try_from(i).ok()?)
+    }
+
+    pub fn get_mut(&mut self, queue_offset: u64) -> Option<&mut Entry> {
+        let i = queue_offset.checked_sub(self.base)?;
+        self.entries.get_mut(usize::try_from(i).ok()?)
+    }
+}
+
+#[derive(Debug)]
+pub struct Topic {
+    pub name: String,
+    pub queues: Vec<Queue>,
+    /// Interned tags: most topics use a handful, stored once.
+    tags: HashSet<Arc<str>>,
+}
+
+impl Topic {
+    pub fn new(name: &str, queues: u32) -> Self {
+        Topic {
+            name: name.to_string(),
+            queues: (0..queues).map(|_| Queue::default()).collect(),
+            tags: HashSet::new(),
+        }
+    }
+
+    pub fn intern(&mut self, tag: &str) -> Arc<str> {
+        if let Some(t) = self.tags.get(tag) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(tag);
+        self.tags.insert(t.clone());
+        t
+    }
+}
