@@ -1,1 +1,101 @@
-//! placeholder
+//! The I/O shell around the broker core.
+//!
+//! * [`engine`] joins the pure core (`ferry-broker`) to the commit log
+//!   (`ferry-store`): it serialises decisions, appends their records, applies
+//!   them, and waits for durability before anything is acknowledged.
+//! * [`service`] is the `apache.rocketmq.v2.MessagingService` gRPC service.
+//! * [`clients`] keeps the settings each client announced over Telemetry.
+//! * [`convert`] translates between wire messages and core/log types.
+//! * [`status`] is the one place where errors become RocketMQ status codes.
+//! * [`http`] serves health, readiness, Prometheus metrics and a small JSON
+//!   admin API.
+//! * [`config`] holds every setting `ferry serve` accepts.
+
+pub mod clients;
+pub mod config;
+pub mod convert;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+pub use config::ServerConfig;
+pub use engine::Engine;
+
+/// Runs the broker until `shutdown` resolves, then stops accepting requests,
+/// flushes and closes the log cleanly.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let engine = Arc::new(Engine::open(&config)?);
+    let clients = Arc::new(clients::Clients::new(config.max_clients));
+    let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_listen).await?;
+    let http_listener = tokio::net::TcpListener::bind(&config.http_listen).await?;
+    info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, "ferry is serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let svc = service::Service::new(engine.clone(), clients.clone(), &config);
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(svc.into_server(&config))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            wait_stop(stop_rx.clone()),
+        );
+    let http = axum::serve(http_listener, http::router(engine.clone(), clients.clone()))
+        .with_graceful_shutdown(wait_stop(stop_rx.clone()));
+
+    let maintenance = {
+        let engine = engine.clone();
+        let clients = clients.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut last_retention = std::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                clients.expire_idle(Duration::from_secs(120));
+                if last_retention.elapsed() >= engine.retention_interval() {
+                    last_retention = std::time::Instant::now();
+                    let engine = engine.clone();
+                    if let Err(e) =
+                        tokio::task::spawn_blocking(move || engine.enforce_retention()).await
+                    {
+                        warn!(error = %e, "retention task failed");
+                    }
+                }
+            }
+        })
+    };
+
+    let (g, h) = tokio::join!(grpc, http);
+    if let Err(e) = g {
+        error!(error = %e, "gRPC server stopped with an error");
+    }
+    if let Err(e) = h {
+        error!(error = %e, "HTTP server stopped with an error");
+    }
+    maintenance.abort();
+    engine.shutdown()?;
+    info!("ferry stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! Translation between wire messages and the core's types.
+
+use std::time::Duration;
+
+use ferry_broker::{BrokerError, Incoming, MessageKind};
+use ferry_proto::v2 as pb;
+use md5::{Digest as _, Md5};
+use prost_types::Timestamp;
+
+use crate::engine::Delivered;
+
+pub fn ts_to_ms(t: &Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
+}
+
+pub fn ms_to_ts(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// A protobuf duration in ms, refusing negative or absurd values.
+pub fn duration_ms(d: &prost_types::Duration) -> Option<i64> {
+    if d.seconds < 0 || d.nanos < 0 || d.seconds > i64::MAX / 1000 - 1 {
+        return None;
+    }
+    Some(d.seconds * 1000 + i64::from(d.nanos) / 1_000_000)
+}
+
+pub fn to_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Reads a wire message into the core's form. Structural problems (no
+/// topic, unknown type) are refused here; content rules are `validate`'s.
+pub fn incoming(m: pb::Message) -> Result<Incoming, BrokerError> {
+    let topic = m.topic.map(|t| t.name).unwrap_or_default();
+    let sp = m.system_properties.unwrap_or_default();
+    let kind = match pb::MessageType::try_from(sp.message_type)
+        .unwrap_or(pb::MessageType::Unspecified)
+    {
+        pb::MessageType::Normal => MessageKind::Normal,
+        pb::MessageType::Fifo => MessageKind::Fifo,
+        pb::MessageType::Delay => MessageKind::Delay,
+        pb::MessageType::Transaction => MessageKind::Transaction,
+        pb::MessageType::Unspecified => {
+            if sp.delivery_timestamp.is_some() {
+                MessageKind::Delay
+            } else if sp.message_group.is_some() {
+                MessageKind::Fifo
+            } else {
+                MessageKind::Normal
+            }
+        }
+        pb::MessageType::Lite => return Err(BrokerError::NotImplemented("lite topics")),
+        pb::MessageType::Priority => return Err(BrokerError::NotImplemented("priority messages")),
+    };
+    let mut properties: Vec<(String, String)> = m.user_properties.into_iter().collect();
+    properties.sort();
+    Ok(Incoming {
+        topic,
+        message_id: sp.message_id,
+        kind,
+        tag: sp.tag,
+        keys: sp.keys,
+        message_group: sp.message_group,
+        delivery_timestamp_ms: sp.delivery_timestamp.as_ref().map(ts_to_ms),
+        born_timestamp_ms: sp.born_timestamp.as_ref().map_or(0, ts_to_ms),
+        born_host: sp.born_host,
+        queue_id: u32::try_from(sp.queue_id).unwrap_or(0),
+        body_encoding: u8::try_from(sp.body_encoding).unwrap_or(0),
+        properties,
+        body: m.body,
+    })
+}
+
+/// Builds the wire message a consumer receives.
+pub fn outgoing(d: Delivered, topic: &str, store_host: &str, invisible_ms: i64) -> pb::Message {
+    let m = d.message;
+    let digest = hex::encode_upper(Md5::digest(&m.body));
+    let encoding = if m.body_encoding == 0 {
+        pb::Encoding::Identity as i32
+    } else {
+        i32::from(m.body_encoding)
+    };
+    pb::Message {
+        topic: Some(pb::Resource {
+            resource_namespace: String::new(),
+            name: topic.to_string(),
+        }),
+        user_properties: m.properties.into_iter().collect(),
+        system_properties: Some(pb::SystemProperties {
+            tag: m.tag,
+            keys: m.keys,
+            message_id: m.message_id,
+            body_digest: Some(pb::Digest {
+                r#type: pb::DigestType::Md5 as i32,
+                checksum: digest,
+            }),
+            body_encoding: encoding,
+            message_type: i32::from(m.message_type),
+            born_timestamp: Some(ms_to_ts(m.born_timestamp_ms)),
+            born_host: m.born_host,
+            store_timestamp: Some(ms_to_ts(d.store_ms)),
+            store_host: store_host.to_string(),
+            delivery_timestamp: m.delivery_timestamp_ms.map(ms_to_ts),
+            receipt_handle: Some(d.delivery.receipt_handle),
+            queue_id: d.delivery.queue_id as i32,
+            queue_offset: Some(d.delivery.queue_offset as i64),
+            invisible_duration: Some(to_duration(Duration::from_millis(
+                invisible_ms.max(0) as u64
+            ))),
+            delivery_attempt: Some(d.delivery.attempt as i32),
+            message_group: m.message_group,
+            ..Default::default()
+        }),
+        body: m.body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        for ms in [0i64, 1, 999, 1_700_000_000_123, -1, -1001] {
+            assert_eq!(ts_to_ms(&ms_to_ts(ms)), ms);
+        }
+        assert_eq!(
+            duration_ms(&prost_types::Duration {
+                seconds: -1,
+                nanos: 0
+            }),
+            None
+        );
+        assert_eq!(
+            duration_ms(&prost_types::Duration {
+                seconds: 2,
+                nanos: 5_000_000
+            }),
+            Some(2005)
+        );
+    }
+}

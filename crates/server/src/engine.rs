@@ -1,0 +1,472 @@
+//! The engine: the broker core and the commit log, joined.
+//!
+//! Every mutation follows one path: lock the core, let it decide (validate,
+//! produce records), append each record to the log and apply it to the core
+//! in the same order, unlock, then wait until the log has committed the
+//! records before answering. Because appends and applies happen under the
+//! same lock, the log order *is* the order the core saw, and replaying the
+//! log after a crash rebuilds exactly this state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_broker::{Broker, BrokerError, Delivery, Filter, Incoming, ReceiveRequest};
+use ferry_record::{MessageRecord, Payload, Record};
+use ferry_store::{meta, Log, LogConfig, RecoveryReport, StoreError};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use crate::metrics::Metrics;
+use crate::ServerConfig;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Topic definitions as kept in `meta/topics.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TopicsFile {
+    topics: Vec<TopicDef>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TopicDef {
+    name: String,
+    queues: u32,
+}
+
+/// Where a stored message landed.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub message_id: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+}
+
+/// A delivery with the message record read back from the log.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub delivery: Delivery,
+    pub message: MessageRecord,
+    pub store_ms: i64,
+}
+
+pub struct ReceiveArgs {
+    pub group: String,
+    pub topic: String,
+    pub filter: Filter,
+    pub max_messages: usize,
+    pub invisible_ms: i64,
+    pub long_poll: Duration,
+}
+
+pub struct Engine {
+    core: Mutex<Broker>,
+    log: Log,
+    meta_path: std::path::PathBuf,
+    /// Serialises writers of the topics file.
+    meta_lock: Mutex<()>,
+    /// Long-polling receivers wait here per topic.
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    pub metrics: Metrics,
+    recovery: RecoveryReport,
+    retention: ferry_store::retention::RetentionPolicy,
+    retention_check: Duration,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Engine {
+    /// Opens the data directory: loads topic definitions, recovers the log
+    /// and replays every record into a fresh core.
+    pub fn open(config: &ServerConfig) -> Result<Engine, EngineError> {
+        let meta_dir = config.data_dir.join("meta");
+        std::fs::create_dir_all(&meta_dir).map_err(|source| StoreError::Io {
+            context: "creating metadata directory",
+            path: meta_dir.clone(),
+            source,
+        })?;
+        let meta_path = meta_dir.join("topics.json");
+        let mut core = Broker::new(config.core.clone());
+        match meta::read::<TopicsFile>(&meta_path) {
+            Ok(Some(file)) => {
+                for t in file.topics {
+                    if let Err(e) = core.create_topic(&t.name, t.queues) {
+                        warn!(topic = %t.name, error = %e, "skipping unusable topic definition");
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Topics are re-derived from the log; only empty topics and
+                // queue counts are lost. Say so and carry on.
+                error!(error = %e, "topic metadata unreadable; rebuilding topics from the log");
+            }
+        }
+        let mut log_config = LogConfig::new(config.data_dir.join("log"));
+        log_config.flush = config.flush;
+        log_config.async_flush_interval = config.async_flush_interval;
+        log_config.segment_bytes = config.segment_bytes;
+        log_config.max_record_bytes = config.core.limits.max_body_bytes
+            + config.core.limits.max_properties_bytes
+            + (64 << 10);
+        let (log, recovery) = Log::open(log_config, &mut |offset, len, rec| {
+            core.apply(offset, len, &rec)
+        })?;
+        if !recovery.dropped.is_empty()
+            || recovery.truncated_bytes > 0
+            || !recovery.damaged_segments.is_empty()
+        {
+            warn!(
+                dropped_ranges = recovery.dropped.len(),
+                truncated_bytes = recovery.truncated_bytes,
+                damaged_segments = recovery.damaged_segments.len(),
+                "recovery removed damaged or torn data (see earlier log lines for each range)"
+            );
+        }
+        info!(
+            topics = core.topic_names().count(),
+            "broker state rebuilt from the log"
+        );
+        let engine = Engine {
+            core: Mutex::new(core),
+            log,
+            meta_path,
+            meta_lock: Mutex::new(()),
+            waiters: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            recovery,
+            retention: config.retention,
+            retention_check: config.retention_check,
+        };
+        engine.save_topics()?;
+        Ok(engine)
+    }
+
+    fn core(&self) -> MutexGuard<'_, Broker> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    pub fn retention_interval(&self) -> Duration {
+        self.retention_check
+    }
+
+    /// Reads a consistent snapshot of the core for reporting.
+    pub fn with_core<T>(&self, f: impl FnOnce(&Broker) -> T) -> T {
+        f(&self.core())
+    }
+
+    fn save_topics(&self) -> Result<(), EngineError> {
+        let _guard = self.meta_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let file = {
+            let core = self.core();
+            TopicsFile {
+                topics: core
+                    .topic_stats()
+                    .into_iter()
+                    .map(|t| TopicDef {
+                        name: t.name,
+                        queues: t.queues.len() as u32,
+                    })
+                    .collect(),
+            }
+        };
+        meta::write(&self.meta_path, &file)?;
+        Ok(())
+    }
+
+    /// Makes sure `topic` exists, creating it when automatic creation is on.
+    /// Returns its queue count.
+    pub fn ensure_topic(&self, topic: &str) -> Result<u32, EngineError> {
+        let created = {
+            let mut core = self.core();
+            if let Some(t) = core.topic(topic) {
+                return Ok(t.queues.len() as u32);
+            }
+            if !core.config().auto_create_topics {
+                return Err(BrokerError::TopicNotFound(topic.to_string()).into());
+            }
+            let queues = core.config().default_queues;
+            core.create_topic(topic, queues)?;
+            queues
+        };
+        info!(%topic, queues = created, "topic created");
+        self.save_topics()?;
+        Ok(created)
+    }
+
+    /// Creates a topic with an explicit queue count (admin API).
+    pub fn create_topic(&self, topic: &str, queues: u32) -> Result<bool, EngineError> {
+        let created = self.core().create_topic(topic, queues)?;
+        if created {
+            self.save_topics()?;
+        }
+        Ok(created)
+    }
+
+    fn waiter(&self, topic: &str) -> Arc<Notify> {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w.entry(topic.to_string()).or_default().clone()
+    }
+
+    fn wake(&self, topic: &str) {
+        let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = w.get(topic) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Appends and applies `records` under the held core lock; returns the
+    /// end offset to wait for.
+    fn commit(&self, core: &mut Broker, records: &[Record]) -> Result<u64, EngineError> {
+        let mut end = 0;
+        for rec in records {
+            let (offset, len) = self.log.append(rec)?;
+            core.apply(offset, len, rec);
+            end = offset + len as u64;
+        }
+        Ok(end)
+    }
+
+    /// Stores a batch atomically: every message is validated first, and if
+    /// any is refused none is stored. Answers once all are durable.
+    pub async fn send(&self, batch: Vec<Incoming>) -> Result<Vec<Stored>, Vec<EngineError>> {
+        let limits = self.core().config().limits.clone();
+        if batch.is_empty() || batch.len() > limits.max_batch_messages {
+            let e = BrokerError::BadRequest(format!(
+                "a batch holds 1 to {} messages, not {}",
+                limits.max_batch_messages,
+                batch.len()
+            ));
+            return Err(vec![e.into()]);
+        }
+        let checks: Vec<Result<(), BrokerError>> = batch
+            .iter()
+            .map(|m| ferry_broker::validate::message(m, &limits))
+            .collect();
+        if let Some(first_bad) = checks.iter().position(Result::is_err) {
+            let reason = checks[first_bad]
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            Metrics::add(&self.metrics.send_rejected, batch.len() as u64);
+            return Err(checks
+                .into_iter()
+                .map(|c| match c {
+                    Err(e) => e.into(),
+                    Ok(()) => BrokerError::BatchRejected {
+                        index: first_bad,
+                        reason: reason.clone(),
+                    }
+                    .into(),
+                })
+                .collect());
+        }
+        let mut topics: Vec<&str> = batch.iter().map(|m| m.topic.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        for t in &topics {
+            self.ensure_topic(t).map_err(|e| vec![e])?;
+        }
+        let now = now_ms();
+        let (stored, end) = {
+            let mut core = self.core();
+            let mut stored = Vec::with_capacity(batch.len());
+            let mut end = 0;
+            for m in &batch {
+                let rec = core.prepare_message(now, m).map_err(|e| vec![e.into()])?;
+                if let Payload::Message(r) = &rec.payload {
+                    stored.push(Stored {
+                        message_id: r.message_id.clone(),
+                        queue_id: r.queue_id,
+                        queue_offset: r.queue_offset,
+                    });
+                }
+                // Apply each before preparing the next: queue offsets advance.
+                end = self
+                    .commit(&mut core, std::slice::from_ref(&rec))
+                    .map_err(|e| vec![e])?;
+            }
+            (stored, end)
+        };
+        self.log
+            .wait_committed(end)
+            .await
+            .map_err(|e| vec![e.into()])?;
+        Metrics::add(&self.metrics.messages_stored, batch.len() as u64);
+        Metrics::add(
+            &self.metrics.bytes_stored,
+            batch.iter().map(|m| m.body.len() as u64).sum(),
+        );
+        for t in topics {
+            self.wake(t);
+        }
+        Ok(stored)
+    }
+
+    /// Hands out up to `max_messages`, waiting up to `long_poll` for some to
+    /// arrive or become visible again. Deliveries are durable before return.
+    pub async fn receive(&self, args: &ReceiveArgs) -> Result<Vec<Delivered>, EngineError> {
+        let deadline = tokio::time::Instant::now() + args.long_poll;
+        let notify = self.waiter(&args.topic);
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = now_ms();
+            let (plan, end, next_expiry) = {
+                let mut core = self.core();
+                let committed = self.log.progress().committed;
+                let req = ReceiveRequest {
+                    group: &args.group,
+                    topic: &args.topic,
+                    filter: &args.filter,
+                    max_messages: args.max_messages,
+                    invisible_ms: args.invisible_ms,
+                };
+                let plan = core.plan_receive(now, &req, committed)?;
+                let end = self.commit(&mut core, &plan.records)?;
+                core.apply_skips(&args.group, &args.topic, &plan.skips);
+                let next = core.next_expiry(&args.group, &args.topic);
+                (plan, end, next)
+            };
+            if !plan.deliveries.is_empty() {
+                self.log.wait_committed(end).await?;
+                return Ok(self.read_deliveries(&args.topic, plan.deliveries));
+            }
+            let mut wake_at = deadline;
+            if let Some(t) = next_expiry {
+                let in_ms = (t - now).max(0) as u64;
+                wake_at = wake_at.min(tokio::time::Instant::now() + Duration::from_millis(in_ms));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            // Whatever wakes us, the loop looks once more before giving up,
+            // so a message arriving right at the deadline is not missed.
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    fn read_deliveries(&self, topic: &str, deliveries: Vec<Delivery>) -> Vec<Delivered> {
+        let mut out = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            match self.log.read(d.log_offset, d.len) {
+                Ok(Record {
+                    timestamp_ms,
+                    payload: Payload::Message(m),
+                    ..
+                }) => {
+                    if d.attempt > 1 {
+                        Metrics::add(&self.metrics.redeliveries, 1);
+                    }
+                    out.push(Delivered {
+                        delivery: d,
+                        message: m,
+                        store_ms: timestamp_ms,
+                    })
+                }
+                Ok(other) => {
+                    error!(offset = d.log_offset, kind = ?other.payload.kind(), "index points at a non-message record; skipping");
+                    self.core().mark_lost(topic, d.queue_id, d.queue_offset);
+                }
+                Err(e) => {
+                    error!(offset = d.log_offset, queue = d.queue_id, queue_offset = d.queue_offset, error = %e,
+                        "message unreadable; it will not be served");
+                    Metrics::add(&self.metrics.corrupt_reads, 1);
+                    self.core().mark_lost(topic, d.queue_id, d.queue_offset);
+                }
+            }
+        }
+        Metrics::add(&self.metrics.messages_delivered, out.len() as u64);
+        out
+    }
+
+    pub async fn ack(&self, group: &str, topic: &str, receipt: &str) -> Result<(), EngineError> {
+        let end = {
+            let mut core = self.core();
+            let rec = core.plan_ack(now_ms(), group, topic, receipt)?;
+            self.commit(&mut core, std::slice::from_ref(&rec))?
+        };
+        self.log.wait_committed(end).await?;
+        Metrics::add(&self.metrics.acks, 1);
+        Ok(())
+    }
+
+    /// Changes the invisible duration of an in-flight message; returns the
+    /// new receipt handle (the old one is dead).
+    pub async fn change_invisible(
+        &self,
+        group: &str,
+        topic: &str,
+        receipt: &str,
+        invisible_ms: i64,
+    ) -> Result<String, EngineError> {
+        let (end, handle) = {
+            let mut core = self.core();
+            let (rec, handle) = core.plan_renew(now_ms(), group, topic, receipt, invisible_ms)?;
+            (self.commit(&mut core, std::slice::from_ref(&rec))?, handle)
+        };
+        self.log.wait_committed(end).await?;
+        Metrics::add(&self.metrics.invisibility_changes, 1);
+        // Pollers may be sleeping past this message's new visibility time.
+        self.wake(topic);
+        Ok(handle)
+    }
+
+    /// Deletes segments the retention policy allows, after telling the logs
+    /// which groups lose messages they had not consumed.
+    pub fn enforce_retention(&self) {
+        let segments = self.log.segments();
+        let stats: Vec<_> = segments
+            .iter()
+            .map(|s| ferry_store::retention::SegmentStat {
+                base: s.base,
+                bytes: s.bytes,
+                last_write_ms: s.last_write_ms,
+            })
+            .collect();
+        for base in ferry_store::retention::expired(&stats, now_ms(), self.retention) {
+            let Some(seg) = segments.iter().find(|s| s.base == base) else {
+                continue;
+            };
+            let losses = self.core().prune_below(seg.end);
+            for l in losses {
+                warn!(group = %l.group, topic = %l.topic, queue = l.queue_id, messages = l.messages,
+                    "retention deletes messages this consumer group has not consumed");
+            }
+            if let Err(e) = self.log.delete_segment(base) {
+                error!(error = %e, "retention could not delete a segment");
+            }
+        }
+    }
+
+    /// Flushes and closes the log cleanly.
+    pub fn shutdown(&self) -> Result<(), EngineError> {
+        self.log.shutdown()?;
+        Ok(())
+    }
+}

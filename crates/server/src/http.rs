@@ -1,0 +1,214 @@
+//! The HTTP listener: health, readiness, Prometheus metrics and a small JSON
+//! admin API (topics, groups, clients, recovery report).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::clients::Clients;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::status;
+
+#[derive(Clone)]
+struct AppState {
+    engine: Arc<Engine>,
+    clients: Arc<Clients>,
+}
+
+pub fn router(engine: Arc<Engine>, clients: Arc<Clients>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/topics", get(topics))
+        .route("/v1/topics/{name}", post(create_topic))
+        .route("/v1/groups", get(groups))
+        .route("/v1/clients", get(clients_list))
+        .route("/v1/recovery", get(recovery))
+        .with_state(AppState { engine, clients })
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    match s.engine.log().progress().failed {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("commit log unavailable: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn topics(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let topics = s.engine.with_core(|c| c.topic_stats());
+    Json(json!({
+        "topics": topics.iter().map(|t| json!({
+            "name": t.name,
+            "queues": t.queues.iter().enumerate().map(|(i, (min, max))| json!({"id": i, "min_offset": min, "max_offset": max})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>()
+    }))
+}
+
+#[derive(serde::Deserialize)]
+struct CreateTopic {
+    queues: Option<u32>,
+}
+
+async fn create_topic(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Option<Json<CreateTopic>>,
+) -> Response {
+    let queues = body
+        .and_then(|b| b.queues)
+        .unwrap_or_else(|| s.engine.with_core(|c| c.config().default_queues));
+    match s.engine.create_topic(&name, queues) {
+        Ok(created) => (
+            if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            Json(json!({"name": name, "created": created})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": status::code_of(&e).as_str_name(), "message": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn groups(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({ "groups": s.engine.with_core(|c| c.group_stats()) }))
+}
+
+async fn clients_list(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({ "clients": s.clients.list() }))
+}
+
+async fn recovery(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let r = s.engine.recovery_report();
+    Json(json!({
+        "segments": r.segments,
+        "records": r.records,
+        "clean_shutdown": r.clean_shutdown,
+        "truncated_bytes": r.truncated_bytes,
+        "damaged_segments": r.damaged_segments,
+        "dropped": r.dropped.iter().map(|d| json!({"segment": d.segment, "from": d.from, "to": d.to, "reason": d.reason})).collect::<Vec<_>>(),
+        "end_offset": r.end_offset,
+    }))
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let m = &s.engine.metrics;
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    };
+    counter(
+        "ferry_messages_stored_total",
+        "Messages durably stored.",
+        Metrics::get(&m.messages_stored),
+    );
+    counter(
+        "ferry_message_bytes_stored_total",
+        "Body bytes durably stored.",
+        Metrics::get(&m.bytes_stored),
+    );
+    counter(
+        "ferry_send_rejected_total",
+        "Messages refused by validation.",
+        Metrics::get(&m.send_rejected),
+    );
+    counter(
+        "ferry_messages_delivered_total",
+        "Messages handed to consumers.",
+        Metrics::get(&m.messages_delivered),
+    );
+    counter(
+        "ferry_redeliveries_total",
+        "Deliveries with attempt > 1.",
+        Metrics::get(&m.redeliveries),
+    );
+    counter(
+        "ferry_acks_total",
+        "Acknowledgements made durable.",
+        Metrics::get(&m.acks),
+    );
+    counter(
+        "ferry_invisibility_changes_total",
+        "ChangeInvisibleDuration calls applied.",
+        Metrics::get(&m.invisibility_changes),
+    );
+    counter(
+        "ferry_corrupt_reads_total",
+        "Records that failed their checksum on read.",
+        Metrics::get(&m.corrupt_reads),
+    );
+    let progress = s.engine.log().progress();
+    let _ = writeln!(
+        out,
+        "# HELP ferry_log_committed_offset_bytes Committed end of the commit log.\n# TYPE ferry_log_committed_offset_bytes gauge\nferry_log_committed_offset_bytes {}",
+        progress.committed
+    );
+    let _ = writeln!(out, "# HELP ferry_queue_max_offset Next queue offset per queue.\n# TYPE ferry_queue_max_offset gauge");
+    for t in s.engine.with_core(|c| c.topic_stats()) {
+        for (i, (_, max)) in t.queues.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ferry_queue_max_offset{{topic=\"{}\",queue=\"{i}\"}} {max}",
+                escape(&t.name)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP ferry_group_lag Messages not yet consumed per group and queue.\n# TYPE ferry_group_lag gauge");
+    let groups = s.engine.with_core(|c| c.group_stats());
+    for g in &groups {
+        let _ = writeln!(
+            out,
+            "ferry_group_lag{{group=\"{}\",topic=\"{}\",queue=\"{}\"}} {}",
+            escape(&g.group),
+            escape(&g.topic),
+            g.queue_id,
+            g.lag
+        );
+    }
+    let _ = writeln!(out, "# HELP ferry_group_inflight Messages delivered and not yet settled.\n# TYPE ferry_group_inflight gauge");
+    for g in &groups {
+        let _ = writeln!(
+            out,
+            "ferry_group_inflight{{group=\"{}\",topic=\"{}\",queue=\"{}\"}} {}",
+            escape(&g.group),
+            escape(&g.topic),
+            g.queue_id,
+            g.inflight
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ferry_clients Connected clients by language.\n# TYPE ferry_clients gauge"
+    );
+    for (lang, n) in s.clients.by_language() {
+        let _ = writeln!(out, "ferry_clients{{language=\"{}\"}} {n}", escape(&lang));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,25 @@
+//! Counters the shell keeps, rendered in Prometheus text format by `http`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub messages_stored: AtomicU64,
+    pub bytes_stored: AtomicU64,
+    pub send_rejected: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub redeliveries: AtomicU64,
+    pub acks: AtomicU64,
+    pub invisibility_changes: AtomicU64,
+    pub corrupt_reads: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,758 @@
+//! `apache.rocketmq.v2.MessagingService`: the wire face of the broker.
+//!
+//! Handlers are thin: check metadata, translate the request, call the
+//! engine, translate the answer. Business failures travel as RocketMQ
+//! `Status` codes inside a successful gRPC response, as the official clients
+//! expect; gRPC errors are kept for broken transport-level input.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_broker::{BrokerError, Filter};
+use ferry_proto::v2 as pb;
+use ferry_proto::v2::messaging_service_server::{MessagingService, MessagingServiceServer};
+use pb::Code;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use crate::clients::{Client, Clients};
+use crate::convert;
+use crate::engine::{now_ms, Engine, EngineError, ReceiveArgs};
+use crate::status;
+use crate::ServerConfig;
+
+type RpcResult<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The RocketMQ 5 default consumer retry steps (16 retries).
+const CONSUMER_BACKOFF_SECS: [u64; 18] = [
+    1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200,
+];
+const CONSUMER_MAX_ATTEMPTS: i32 = 17;
+const RECEIVE_BATCH_SIZE: i32 = 32;
+const BROKER_NAME: &str = "ferry";
+
+pub struct Service {
+    engine: Arc<Engine>,
+    clients: Arc<Clients>,
+    advertise: Option<(String, i32)>,
+    listen: String,
+    default_invisible_ms: i64,
+    default_long_poll: Duration,
+    stream_ids: AtomicU64,
+    policy: SettingsPolicy,
+}
+
+impl Service {
+    pub fn new(engine: Arc<Engine>, clients: Arc<Clients>, config: &ServerConfig) -> Self {
+        let advertise = config.advertise.as_deref().and_then(split_host_port);
+        Service {
+            engine,
+            clients,
+            advertise,
+            listen: config.grpc_listen.clone(),
+            default_invisible_ms: config.default_invisible.as_millis() as i64,
+            default_long_poll: config.default_long_polling,
+            stream_ids: AtomicU64::new(1),
+            policy: SettingsPolicy {
+                max_body_bytes: config.core.limits.max_body_bytes,
+                long_polling: config.default_long_polling,
+            },
+        }
+    }
+
+    pub fn into_server(self, config: &ServerConfig) -> MessagingServiceServer<Service> {
+        MessagingServiceServer::new(self)
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(config.core.limits.max_body_bytes + (1 << 20))
+    }
+
+    fn limits(&self) -> ferry_broker::Limits {
+        self.engine.with_core(|c| c.config().limits.clone())
+    }
+
+    /// The endpoints to put in route answers.
+    fn endpoints(&self, asked: Option<&pb::Endpoints>) -> pb::Endpoints {
+        if let Some((host, port)) = &self.advertise {
+            return endpoints_of(host, *port);
+        }
+        if let Some(e) = asked.filter(|e| !e.addresses.is_empty()) {
+            return e.clone();
+        }
+        let (host, port) = split_host_port(&self.listen).unwrap_or(("127.0.0.1".into(), 8081));
+        endpoints_of(&host, port)
+    }
+}
+
+/// What the broker tells clients in the Telemetry settings reply.
+#[derive(Debug, Clone)]
+pub struct SettingsPolicy {
+    pub max_body_bytes: usize,
+    pub long_polling: Duration,
+}
+
+impl SettingsPolicy {
+    /// The server's half of the settings exchange: the client's settings
+    /// with the broker's policies filled in.
+    pub fn reply(&self, s: &pb::Settings) -> Result<pb::Settings, String> {
+        let mut reply = s.clone();
+        reply.metric = Some(pb::Metric {
+            on: false,
+            endpoints: None,
+        });
+        match &s.pub_sub {
+            Some(pb::settings::PubSub::Publishing(p)) => {
+                let attempts = s.backoff_policy.as_ref().map_or(0, |b| b.max_attempts);
+                reply.backoff_policy = Some(pb::RetryPolicy {
+                    max_attempts: if attempts > 0 { attempts } else { 3 },
+                    strategy: Some(pb::retry_policy::Strategy::ExponentialBackoff(
+                        pb::ExponentialBackoff {
+                            initial: Some(convert::to_duration(Duration::from_millis(10))),
+                            max: Some(convert::to_duration(Duration::from_secs(1))),
+                            multiplier: 2.0,
+                        },
+                    )),
+                });
+                reply.pub_sub = Some(pb::settings::PubSub::Publishing(pb::Publishing {
+                    topics: p.topics.clone(),
+                    max_body_size: i32::try_from(self.max_body_bytes).unwrap_or(i32::MAX),
+                    validate_message_type: true,
+                }));
+            }
+            Some(pb::settings::PubSub::Subscription(sub)) => {
+                reply.backoff_policy = Some(pb::RetryPolicy {
+                    max_attempts: CONSUMER_MAX_ATTEMPTS,
+                    strategy: Some(pb::retry_policy::Strategy::CustomizedBackoff(
+                        pb::CustomizedBackoff {
+                            next: CONSUMER_BACKOFF_SECS
+                                .iter()
+                                .map(|s| convert::to_duration(Duration::from_secs(*s)))
+                                .collect(),
+                        },
+                    )),
+                });
+                reply.pub_sub = Some(pb::settings::PubSub::Subscription(pb::Subscription {
+                    group: sub.group.clone(),
+                    subscriptions: sub.subscriptions.clone(),
+                    fifo: Some(false),
+                    receive_batch_size: Some(RECEIVE_BATCH_SIZE),
+                    long_polling_timeout: Some(convert::to_duration(self.long_polling)),
+                    ..Default::default()
+                }));
+            }
+            None => return Err("settings carry neither publishing nor subscription".into()),
+        }
+        Ok(reply)
+    }
+}
+
+fn endpoints_of(host: &str, port: i32) -> pb::Endpoints {
+    let scheme = if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        pb::AddressScheme::IPv4
+    } else if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        pb::AddressScheme::IPv6
+    } else {
+        pb::AddressScheme::DomainName
+    };
+    pb::Endpoints {
+        scheme: scheme as i32,
+        addresses: vec![pb::Address {
+            host: host.to_string(),
+            port,
+        }],
+    }
+}
+
+fn split_host_port(s: &str) -> Option<(String, i32)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+/// `x-mq-client-id` is required on every call.
+fn client_id<T>(req: &Request<T>) -> Result<String, pb::Status> {
+    req.metadata()
+        .get("x-mq-client-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            status::of(
+                Code::ClientIdRequired,
+                "the x-mq-client-id header is required",
+            )
+        })
+}
+
+/// The time the client is willing to wait, from the `grpc-timeout` header.
+fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn name(r: &Option<pb::Resource>) -> String {
+    r.as_ref().map(|r| r.name.clone()).unwrap_or_default()
+}
+
+fn broker_status(e: BrokerError) -> pb::Status {
+    status::from_error(&EngineError::Broker(e))
+}
+
+fn receive_frames(
+    head: pb::Status,
+    messages: Vec<pb::Message>,
+) -> BoxStream<pb::ReceiveMessageResponse> {
+    use pb::receive_message_response::Content;
+    let mut frames = Vec::with_capacity(messages.len() + 2);
+    frames.push(Ok(pb::ReceiveMessageResponse {
+        content: Some(Content::Status(head)),
+    }));
+    for m in messages {
+        frames.push(Ok(pb::ReceiveMessageResponse {
+            content: Some(Content::Message(m)),
+        }));
+    }
+    frames.push(Ok(pb::ReceiveMessageResponse {
+        content: Some(Content::DeliveryTimestamp(convert::ms_to_ts(now_ms()))),
+    }));
+    Box::pin(tokio_stream::iter(frames))
+}
+
+#[tonic::async_trait]
+impl MessagingService for Service {
+    async fn query_route(
+        &self,
+        request: Request<pb::QueryRouteRequest>,
+    ) -> RpcResult<pb::QueryRouteResponse> {
+        let reply = |status, message_queues| {
+            Ok(Response::new(pb::QueryRouteResponse {
+                status: Some(status),
+                message_queues,
+            }))
+        };
+        if let Err(s) = client_id(&request) {
+            return reply(s, vec![]);
+        }
+        let req = request.into_inner();
+        let topic = name(&req.topic);
+        let queues = match self.engine.ensure_topic(&topic) {
+            Ok(n) => n,
+            Err(e) => return reply(status::from_error(&e), vec![]),
+        };
+        let broker = pb::Broker {
+            name: BROKER_NAME.into(),
+            id: 0,
+            endpoints: Some(self.endpoints(req.endpoints.as_ref())),
+        };
+        let all_types = [
+            pb::MessageType::Normal,
+            pb::MessageType::Fifo,
+            pb::MessageType::Delay,
+            pb::MessageType::Transaction,
+        ]
+        .map(|t| t as i32)
+        .to_vec();
+        let message_queues = (0..queues)
+            .map(|id| pb::MessageQueue {
+                topic: req.topic.clone(),
+                id: id as i32,
+                permission: pb::Permission::ReadWrite as i32,
+                broker: Some(broker.clone()),
+                accept_message_types: all_types.clone(),
+            })
+            .collect();
+        reply(status::ok(), message_queues)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> RpcResult<pb::HeartbeatResponse> {
+        let status = match client_id(&request) {
+            Err(s) => s,
+            Ok(id) if self.clients.touch(&id) => status::ok(),
+            Ok(_) => status::of(
+                Code::UnrecognizedClientType,
+                "unknown client: open the Telemetry stream and send your settings first",
+            ),
+        };
+        Ok(Response::new(pb::HeartbeatResponse {
+            status: Some(status),
+        }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> RpcResult<pb::SendMessageResponse> {
+        if let Err(s) = client_id(&request) {
+            return Ok(Response::new(pb::SendMessageResponse {
+                status: Some(s),
+                entries: vec![],
+            }));
+        }
+        let messages = request.into_inner().messages;
+        let ids: Vec<String> = messages
+            .iter()
+            .map(|m| {
+                m.system_properties
+                    .as_ref()
+                    .map(|s| s.message_id.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let converted: Vec<Result<_, BrokerError>> =
+            messages.into_iter().map(convert::incoming).collect();
+        let outcome = match converted.iter().position(Result::is_err) {
+            Some(bad) => {
+                let reason = converted[bad]
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                Err(converted
+                    .into_iter()
+                    .map(|c| match c {
+                        Err(e) => EngineError::Broker(e),
+                        Ok(_) => EngineError::Broker(BrokerError::BatchRejected {
+                            index: bad,
+                            reason: reason.clone(),
+                        }),
+                    })
+                    .collect::<Vec<_>>())
+            }
+            None => {
+                self.engine
+                    .send(
+                        converted
+                            .into_iter()
+                            .map(|c| c.expect("checked above"))
+                            .collect(),
+                    )
+                    .await
+            }
+        };
+        let entries: Vec<pb::SendResultEntry> = match outcome {
+            Ok(stored) => stored
+                .into_iter()
+                .map(|s| pb::SendResultEntry {
+                    status: Some(status::ok()),
+                    message_id: s.message_id,
+                    transaction_id: String::new(),
+                    offset: s.queue_offset as i64,
+                    recall_handle: String::new(),
+                })
+                .collect(),
+            Err(errors) => {
+                // One error for the whole batch applies to every entry.
+                let per_entry: Vec<pb::Status> = if errors.len() == ids.len() {
+                    errors.iter().map(status::from_error).collect()
+                } else {
+                    let s = errors
+                        .first()
+                        .map(status::from_error)
+                        .unwrap_or_else(status::ok);
+                    vec![s; ids.len().max(1)]
+                };
+                for s in &per_entry {
+                    debug!(code = s.code, message = %s.message, "send refused");
+                }
+                per_entry
+                    .into_iter()
+                    .zip(ids.iter().cloned().chain(std::iter::repeat(String::new())))
+                    .map(|(s, id)| pb::SendResultEntry {
+                        status: Some(s),
+                        message_id: id,
+                        ..Default::default()
+                    })
+                    .collect()
+            }
+        };
+        let statuses: Vec<pb::Status> = entries.iter().filter_map(|e| e.status.clone()).collect();
+        Ok(Response::new(pb::SendMessageResponse {
+            status: Some(status::overall(&statuses)),
+            entries,
+        }))
+    }
+
+    async fn query_assignment(
+        &self,
+        request: Request<pb::QueryAssignmentRequest>,
+    ) -> RpcResult<pb::QueryAssignmentResponse> {
+        let reply = |status, assignments| {
+            Ok(Response::new(pb::QueryAssignmentResponse {
+                status: Some(status),
+                assignments,
+            }))
+        };
+        if let Err(s) = client_id(&request) {
+            return reply(s, vec![]);
+        }
+        let req = request.into_inner();
+        let topic = name(&req.topic);
+        if let Err(e) = ferry_broker::validate::group_name(&name(&req.group), &self.limits()) {
+            return reply(broker_status(e), vec![]);
+        }
+        if let Err(e) = self.engine.ensure_topic(&topic) {
+            return reply(status::from_error(&e), vec![]);
+        }
+        // One assignment for the whole broker: a receive on it is served from
+        // every queue of the topic, so one long poll per consumer suffices.
+        let assignment = pb::Assignment {
+            message_queue: Some(pb::MessageQueue {
+                topic: req.topic.clone(),
+                id: 0,
+                permission: pb::Permission::ReadWrite as i32,
+                broker: Some(pb::Broker {
+                    name: BROKER_NAME.into(),
+                    id: 0,
+                    endpoints: Some(self.endpoints(req.endpoints.as_ref())),
+                }),
+                accept_message_types: vec![],
+            }),
+        };
+        reply(status::ok(), vec![assignment])
+    }
+
+    type ReceiveMessageStream = BoxStream<pb::ReceiveMessageResponse>;
+
+    async fn receive_message(
+        &self,
+        request: Request<pb::ReceiveMessageRequest>,
+    ) -> RpcResult<Self::ReceiveMessageStream> {
+        if let Err(s) = client_id(&request) {
+            return Ok(Response::new(receive_frames(s, vec![])));
+        }
+        let client_wait = grpc_timeout(&request);
+        let req = request.into_inner();
+        let limits = self.limits();
+        let fail = |e: BrokerError| Ok(Response::new(receive_frames(broker_status(e), vec![])));
+        let topic = req
+            .message_queue
+            .as_ref()
+            .map(|q| name(&q.topic))
+            .unwrap_or_default();
+        let filter = match &req.filter_expression {
+            None => Filter::All,
+            Some(f) if f.r#type == pb::FilterType::Sql as i32 => {
+                return fail(BrokerError::NotImplemented("SQL92 filter expressions"))
+            }
+            Some(f) => match Filter::parse_tag(&f.expression) {
+                Ok(f) => f,
+                Err(e) => return fail(e),
+            },
+        };
+        let invisible_ms = match &req.invisible_duration {
+            None => self.default_invisible_ms,
+            Some(d) => match convert::duration_ms(d) {
+                Some(ms) => ms,
+                None => {
+                    return fail(BrokerError::IllegalInvisibleTime(
+                        "negative duration".into(),
+                    ))
+                }
+            },
+        };
+        let mut long_poll = match &req.long_polling_timeout {
+            None => self.default_long_poll,
+            Some(d) => match convert::duration_ms(d) {
+                Some(ms) if ms <= limits.max_long_polling_ms => Duration::from_millis(ms as u64),
+                _ => {
+                    return fail(BrokerError::IllegalPollingTime(format!(
+                        "must be between 0 and {} ms",
+                        limits.max_long_polling_ms
+                    )))
+                }
+            },
+        };
+        if let Some(w) = client_wait {
+            // Answer before the client gives up on the call.
+            long_poll = long_poll.min(w.saturating_sub(Duration::from_millis(500)));
+        }
+        if req.batch_size <= 0 {
+            return fail(BrokerError::BadRequest(format!(
+                "batch size must be positive, got {}",
+                req.batch_size
+            )));
+        }
+        if let Err(e) = self.engine.ensure_topic(&topic) {
+            return Ok(Response::new(receive_frames(
+                status::from_error(&e),
+                vec![],
+            )));
+        }
+        let args = ReceiveArgs {
+            group: name(&req.group),
+            topic: topic.clone(),
+            filter,
+            max_messages: req.batch_size as usize,
+            invisible_ms,
+            long_poll,
+        };
+        let store_host = self.listen.clone();
+        match self.engine.receive(&args).await {
+            Ok(got) if got.is_empty() => Ok(Response::new(receive_frames(
+                status::of(Code::MessageNotFound, "no new message"),
+                vec![],
+            ))),
+            Ok(got) => {
+                let messages = got
+                    .into_iter()
+                    .map(|d| convert::outgoing(d, &topic, &store_host, invisible_ms))
+                    .collect();
+                Ok(Response::new(receive_frames(status::ok(), messages)))
+            }
+            Err(e) => Ok(Response::new(receive_frames(
+                status::from_error(&e),
+                vec![],
+            ))),
+        }
+    }
+
+    async fn ack_message(
+        &self,
+        request: Request<pb::AckMessageRequest>,
+    ) -> RpcResult<pb::AckMessageResponse> {
+        if let Err(s) = client_id(&request) {
+            return Ok(Response::new(pb::AckMessageResponse {
+                status: Some(s),
+                entries: vec![],
+            }));
+        }
+        let req = request.into_inner();
+        let (group, topic) = (name(&req.group), name(&req.topic));
+        if req.entries.is_empty() {
+            return Ok(Response::new(pb::AckMessageResponse {
+                status: Some(status::of(Code::BadRequest, "no entries to acknowledge")),
+                entries: vec![],
+            }));
+        }
+        let mut entries = Vec::with_capacity(req.entries.len());
+        for e in req.entries {
+            let s = match self.engine.ack(&group, &topic, &e.receipt_handle).await {
+                Ok(()) => status::ok(),
+                Err(err) => status::from_error(&err),
+            };
+            entries.push(pb::AckMessageResultEntry {
+                message_id: e.message_id,
+                receipt_handle: e.receipt_handle,
+                status: Some(s),
+            });
+        }
+        let statuses: Vec<pb::Status> = entries.iter().filter_map(|e| e.status.clone()).collect();
+        Ok(Response::new(pb::AckMessageResponse {
+            status: Some(status::overall(&statuses)),
+            entries,
+        }))
+    }
+
+    async fn forward_message_to_dead_letter_queue(
+        &self,
+        _request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+    ) -> RpcResult<pb::ForwardMessageToDeadLetterQueueResponse> {
+        Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse {
+            status: Some(broker_status(BrokerError::NotImplemented(
+                "dead-letter forwarding",
+            ))),
+        }))
+    }
+
+    type PullMessageStream = BoxStream<pb::PullMessageResponse>;
+
+    async fn pull_message(
+        &self,
+        _request: Request<pb::PullMessageRequest>,
+    ) -> RpcResult<Self::PullMessageStream> {
+        Err(Status::unimplemented(
+            "PullMessage is not served by Ferry (no official client needs it)",
+        ))
+    }
+
+    async fn update_offset(
+        &self,
+        _request: Request<pb::UpdateOffsetRequest>,
+    ) -> RpcResult<pb::UpdateOffsetResponse> {
+        Err(Status::unimplemented(
+            "UpdateOffset is not served by Ferry (no official client needs it)",
+        ))
+    }
+
+    async fn get_offset(
+        &self,
+        _request: Request<pb::GetOffsetRequest>,
+    ) -> RpcResult<pb::GetOffsetResponse> {
+        Err(Status::unimplemented(
+            "GetOffset is not served by Ferry (no official client needs it)",
+        ))
+    }
+
+    async fn query_offset(
+        &self,
+        _request: Request<pb::QueryOffsetRequest>,
+    ) -> RpcResult<pb::QueryOffsetResponse> {
+        Err(Status::unimplemented(
+            "QueryOffset is not served by Ferry (no official client needs it)",
+        ))
+    }
+
+    async fn end_transaction(
+        &self,
+        _request: Request<pb::EndTransactionRequest>,
+    ) -> RpcResult<pb::EndTransactionResponse> {
+        Ok(Response::new(pb::EndTransactionResponse {
+            status: Some(broker_status(BrokerError::NotImplemented(
+                "transactional messages",
+            ))),
+        }))
+    }
+
+    type TelemetryStream = BoxStream<pb::TelemetryCommand>;
+
+    async fn telemetry(
+        &self,
+        request: Request<tonic::Streaming<pb::TelemetryCommand>>,
+    ) -> RpcResult<Self::TelemetryStream> {
+        let id = client_id(&request).map_err(|s| Status::invalid_argument(s.message))?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<pb::TelemetryCommand, Status>>(16);
+        let stream_id = self.stream_ids.fetch_add(1, Ordering::Relaxed);
+        let clients = self.clients.clone();
+        let policy = self.policy.clone();
+        tokio::spawn(async move {
+            loop {
+                let cmd = match inbound.message().await {
+                    Ok(Some(cmd)) => cmd,
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(client = %id, error = %e, "telemetry stream broke");
+                        break;
+                    }
+                };
+                let Some(pb::telemetry_command::Command::Settings(settings)) = cmd.command else {
+                    debug!(client = %id, "telemetry command other than settings ignored");
+                    continue;
+                };
+                let reply = match policy.reply(&settings) {
+                    Ok(r) => r,
+                    Err(msg) => {
+                        warn!(client = %id, %msg, "refusing client settings");
+                        let _ = tx.send(Err(Status::invalid_argument(msg))).await;
+                        break;
+                    }
+                };
+                let client = Client {
+                    settings: reply.clone(),
+                    last_seen: Instant::now(),
+                    stream_id,
+                    commands: tx.clone(),
+                };
+                if let Err(msg) = clients.register(&id, client) {
+                    let _ = tx.send(Err(Status::resource_exhausted(msg))).await;
+                    break;
+                }
+                info!(client = %id, "client settings received");
+                let cmd = pb::TelemetryCommand {
+                    status: Some(status::ok()),
+                    command: Some(pb::telemetry_command::Command::Settings(reply)),
+                };
+                if tx.send(Ok(cmd)).await.is_err() {
+                    break;
+                }
+            }
+            clients.remove(&id, Some(stream_id));
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        request: Request<pb::NotifyClientTerminationRequest>,
+    ) -> RpcResult<pb::NotifyClientTerminationResponse> {
+        let status = match client_id(&request) {
+            Err(s) => s,
+            Ok(id) => {
+                self.clients.remove(&id, None);
+                info!(client = %id, "client terminated");
+                status::ok()
+            }
+        };
+        Ok(Response::new(pb::NotifyClientTerminationResponse {
+            status: Some(status),
+        }))
+    }
+
+    async fn change_invisible_duration(
+        &self,
+        request: Request<pb::ChangeInvisibleDurationRequest>,
+    ) -> RpcResult<pb::ChangeInvisibleDurationResponse> {
+        let reply = |status, receipt_handle| {
+            Ok(Response::new(pb::ChangeInvisibleDurationResponse {
+                status: Some(status),
+                receipt_handle,
+            }))
+        };
+        if let Err(s) = client_id(&request) {
+            return reply(s, String::new());
+        }
+        let req = request.into_inner();
+        let Some(ms) = req
+            .invisible_duration
+            .as_ref()
+            .and_then(convert::duration_ms)
+        else {
+            return reply(
+                broker_status(BrokerError::IllegalInvisibleTime(
+                    "a non-negative invisible duration is required".into(),
+                )),
+                String::new(),
+            );
+        };
+        match self
+            .engine
+            .change_invisible(
+                &name(&req.group),
+                &name(&req.topic),
+                &req.receipt_handle,
+                ms,
+            )
+            .await
+        {
+            Ok(handle) => reply(status::ok(), handle),
+            Err(e) => reply(status::from_error(&e), String::new()),
+        }
+    }
+
+    async fn recall_message(
+        &self,
+        _request: Request<pb::RecallMessageRequest>,
+    ) -> RpcResult<pb::RecallMessageResponse> {
+        Ok(Response::new(pb::RecallMessageResponse {
+            status: Some(broker_status(BrokerError::NotImplemented(
+                "recalling delayed messages",
+            ))),
+            message_id: String::new(),
+        }))
+    }
+
+    async fn sync_lite_subscription(
+        &self,
+        _request: Request<pb::SyncLiteSubscriptionRequest>,
+    ) -> RpcResult<pb::SyncLiteSubscriptionResponse> {
+        Err(Status::unimplemented("lite topics are not served by Ferry"))
+    }
+}
