@@ -1,1 +1,45 @@
-//! placeholder
+//! Benchmarks that print figures (they are not tests and assert nothing).
+//!
+//! * `append` — the commit log alone: concurrent appenders of fixed-size
+//!   records, each waiting for its group commit (fsync) before the next.
+//! * `e2e` — a broker over gRPC: producers send, consumers receive and ack;
+//!   throughput and send latency. Starts its own broker on a temporary
+//!   directory unless `--server` names a running one.
+
+mod append;
+mod e2e;
+
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: Which,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Which {
+    /// Commit-log append with fsync per group commit.
+    Append(append::AppendArgs),
+    /// Send → receive → ack through the gRPC service.
+    E2e(e2e::E2eArgs),
+}
+
+pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    match args.which {
+        Which::Append(a) => append::run(a),
+        Which::E2e(a) => e2e::run(a),
+    }
+}
+
+/// Prints a latency histogram's percentiles in milliseconds.
+pub(crate) fn percentiles(name: &str, h: &hdrhistogram::Histogram<u64>) -> String {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "{name} latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0
+    )
+}

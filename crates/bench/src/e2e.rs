@@ -1,0 +1,253 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use ferry_proto::v2 as pb;
+use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+use tonic::Request;
+
+#[derive(Debug, Args)]
+pub struct E2eArgs {
+    /// gRPC address of a running broker (host:port). Without it, a broker is
+    /// started in this process on a temporary directory.
+    #[arg(long)]
+    server: Option<String>,
+    /// Messages to send.
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Body size, bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Sends in flight at once (each a one-message SendMessage call).
+    #[arg(long, default_value_t = 256)]
+    inflight: u64,
+    /// Concurrent consumer long polls.
+    #[arg(long, default_value_t = 4)]
+    consumers: u64,
+    /// Topic to use.
+    #[arg(long, default_value = "bench-e2e")]
+    topic: String,
+}
+
+fn req<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("x-mq-client-id", "ferry-bench".parse().expect("ascii"));
+    r
+}
+
+fn resource(name: &str) -> Option<pb::Resource> {
+    Some(pb::Resource {
+        resource_namespace: String::new(),
+        name: name.to_string(),
+    })
+}
+
+pub fn run(a: E2eArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(a))
+}
+
+async fn run_async(a: E2eArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let _tmp;
+    let addr = match &a.server {
+        Some(s) => s.clone(),
+        None => {
+            let tmp = tempfile::tempdir_in(".")?;
+            let port = free_port()?;
+            let config = ferry_server::ServerConfig {
+                data_dir: tmp.path().to_path_buf(),
+                grpc_listen: format!("127.0.0.1:{port}"),
+                http_listen: format!("127.0.0.1:{}", free_port()?),
+                ..Default::default()
+            };
+            _tmp = tmp;
+            tokio::spawn(ferry_server::run(config, std::future::pending()));
+            format!("127.0.0.1:{port}")
+        }
+    };
+    let channel = connect(&addr).await?;
+    let client = MessagingServiceClient::new(channel);
+    let route = client
+        .clone()
+        .query_route(req(pb::QueryRouteRequest {
+            topic: resource(&a.topic),
+            endpoints: None,
+        }))
+        .await?
+        .into_inner();
+    let queues = route.message_queues.len().max(1) as u64;
+    let group = format!("bench-{}", std::process::id());
+    let body = Bytes::from(vec![b'x'; a.size]);
+    let sent = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+
+    let mut consumers = Vec::new();
+    for _ in 0..a.consumers {
+        let mut c = client.clone();
+        let (acked, topic, group, total) =
+            (acked.clone(), a.topic.clone(), group.clone(), a.messages);
+        consumers.push(tokio::spawn(async move {
+            while acked.load(Ordering::Relaxed) < total {
+                let mut stream = match c
+                    .receive_message(req(pb::ReceiveMessageRequest {
+                        group: resource(&group),
+                        message_queue: Some(pb::MessageQueue {
+                            topic: resource(&topic),
+                            ..Default::default()
+                        }),
+                        filter_expression: None,
+                        batch_size: 32,
+                        invisible_duration: Some(prost_types::Duration {
+                            seconds: 30,
+                            nanos: 0,
+                        }),
+                        auto_renew: false,
+                        long_polling_timeout: Some(prost_types::Duration {
+                            seconds: 1,
+                            nanos: 0,
+                        }),
+                        attempt_id: None,
+                    }))
+                    .await
+                {
+                    Ok(s) => s.into_inner(),
+                    Err(_) => continue,
+                };
+                let mut entries = Vec::new();
+                while let Ok(Some(item)) = stream.message().await {
+                    if let Some(pb::receive_message_response::Content::Message(m)) = item.content {
+                        let sp = m.system_properties.unwrap_or_default();
+                        entries.push(pb::AckMessageEntry {
+                            message_id: sp.message_id,
+                            receipt_handle: sp.receipt_handle.unwrap_or_default(),
+                            lite_topic: None,
+                        });
+                    }
+                }
+                if entries.is_empty() {
+                    continue;
+                }
+                let n = entries.len() as u64;
+                if c.ack_message(req(pb::AckMessageRequest {
+                    group: resource(&group),
+                    topic: resource(&topic),
+                    entries,
+                }))
+                .await
+                .is_ok()
+                {
+                    acked.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+
+    let per_task = a.messages / a.inflight.max(1);
+    let mut producers = Vec::new();
+    for t in 0..a.inflight {
+        let mut c = client.clone();
+        let (body, topic, sent) = (body.clone(), a.topic.clone(), sent.clone());
+        producers.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).expect("histogram");
+            let mut errors = 0u64;
+            for i in 0..per_task {
+                let msg = pb::Message {
+                    topic: resource(&topic),
+                    user_properties: Default::default(),
+                    system_properties: Some(pb::SystemProperties {
+                        message_id: format!("B{t:05}{i:010}"),
+                        message_type: pb::MessageType::Normal as i32,
+                        queue_id: ((t + i) % queues) as i32,
+                        born_host: "bench".into(),
+                        ..Default::default()
+                    }),
+                    body: body.clone(),
+                };
+                let t0 = Instant::now();
+                let ok = c
+                    .send_message(req(pb::SendMessageRequest {
+                        messages: vec![msg],
+                    }))
+                    .await
+                    .map(|r| {
+                        r.into_inner()
+                            .status
+                            .is_some_and(|s| s.code == pb::Code::Ok as i32)
+                    })
+                    .unwrap_or(false);
+                let _ = h.record(t0.elapsed().as_micros() as u64);
+                if ok {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors += 1;
+                }
+            }
+            (h, errors)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut errors = 0;
+    for p in producers {
+        let (h, e) = p.await?;
+        hist.add(h)?;
+        errors += e;
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    let total = per_task * a.inflight;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(Ordering::Relaxed) < sent.load(Ordering::Relaxed) && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e2e_secs = start.elapsed().as_secs_f64();
+    for c in consumers {
+        c.abort();
+    }
+    let n = sent.load(Ordering::Relaxed);
+    println!(
+        "e2e: {total} sends of {} B, {} in flight, {} consumers, server {}",
+        a.size,
+        a.inflight,
+        a.consumers,
+        a.server.as_deref().unwrap_or("in-process (sync flush)")
+    );
+    println!(
+        "e2e: send {:.0} msg/s ({:.1} MB/s), errors {errors}",
+        n as f64 / send_secs,
+        n as f64 * a.size as f64 / send_secs / 1e6
+    );
+    println!(
+        "e2e: received+acked {} of {n} in {:.2} s → {:.0} msg/s end to end",
+        acked.load(Ordering::Relaxed),
+        e2e_secs,
+        acked.load(Ordering::Relaxed) as f64 / e2e_secs
+    );
+    println!("{}", crate::percentiles("send", &hist));
+    Ok(())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn connect(addr: &str) -> Result<Channel, Box<dyn std::error::Error + Send + Sync>> {
+    let endpoint = Channel::from_shared(format!("http://{addr}"))?;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match endpoint.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > until => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
