@@ -1,0 +1,339 @@
+//! The gRPC service over a real socket: every refusal carries its RocketMQ
+//! status code and a message, and nothing refused is stored.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_proto::v2 as pb;
+use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
+use pb::Code;
+use tonic::transport::Channel;
+use tonic::Request;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(dir: &std::path::Path) -> MessagingServiceClient<Channel> {
+    let port = free_port();
+    let mut config = ferry_server::ServerConfig {
+        data_dir: dir.to_path_buf(),
+        grpc_listen: format!("127.0.0.1:{port}"),
+        http_listen: format!("127.0.0.1:{}", free_port()),
+        max_request_bytes: 64 << 10,
+        ..Default::default()
+    };
+    config.core.limits.max_body_bytes = 4096;
+    tokio::spawn(ferry_server::run(config, std::future::pending()));
+    let endpoint = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    for _ in 0..200 {
+        if let Ok(c) = endpoint.connect().await {
+            return MessagingServiceClient::new(c);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server did not start");
+}
+
+fn req<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("x-mq-client-id", "test-client".parse().unwrap());
+    r
+}
+
+fn res(name: &str) -> Option<pb::Resource> {
+    Some(pb::Resource {
+        resource_namespace: String::new(),
+        name: name.into(),
+    })
+}
+
+fn msg(topic: &str, id: &str, body: &[u8]) -> pb::Message {
+    pb::Message {
+        topic: res(topic),
+        user_properties: Default::default(),
+        system_properties: Some(pb::SystemProperties {
+            message_id: id.into(),
+            message_type: pb::MessageType::Normal as i32,
+            ..Default::default()
+        }),
+        body: Bytes::copy_from_slice(body),
+    }
+}
+
+fn code(s: &Option<pb::Status>) -> Code {
+    Code::try_from(s.as_ref().expect("status").code).unwrap()
+}
+
+async fn receive_all(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    poll_ms: i32,
+) -> Vec<pb::receive_message_response::Content> {
+    let mut s = c
+        .receive_message(req(pb::ReceiveMessageRequest {
+            group: res("g"),
+            message_queue: Some(pb::MessageQueue {
+                topic: res(topic),
+                ..Default::default()
+            }),
+            batch_size: 16,
+            invisible_duration: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            long_polling_timeout: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: poll_ms * 1_000_000,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(item) = s.message().await.unwrap() {
+        out.push(item.content.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_precise_codes_and_store_nothing() {
+    use pb::receive_message_response::Content;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = start(dir.path()).await;
+
+    // Metadata: the client id is required.
+    let r = c
+        .send_message(Request::new(pb::SendMessageRequest {
+            messages: vec![msg("t", "m0", b"x")],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::ClientIdRequired);
+
+    // A batch with one bad entry is refused whole, each entry saying why.
+    let r = c
+        .send_message(req(pb::SendMessageRequest {
+            messages: vec![msg("t", "m1", b"fine"), msg("t", "m2", b"")],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::MultipleResults);
+    assert_eq!(code(&r.entries[0].status), Code::BadRequest);
+    assert!(r.entries[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("entry 1"));
+    assert_eq!(code(&r.entries[1].status), Code::MessageBodyEmpty);
+
+    let cases: Vec<(pb::Message, Code)> = vec![
+        (msg("t", "m3", &[0u8; 5000]), Code::MessageBodyTooLarge),
+        (msg("bad topic", "m4", b"x"), Code::IllegalTopic),
+        (msg("t", "", b"x"), Code::IllegalMessageId),
+        (
+            {
+                let mut m = msg("t", "m5", b"x");
+                m.system_properties.as_mut().unwrap().tag = Some("a|b".into());
+                m
+            },
+            Code::IllegalMessageTag,
+        ),
+        (
+            {
+                let mut m = msg("t", "m6", b"x");
+                m.system_properties.as_mut().unwrap().message_group = Some("g".into());
+                m
+            },
+            Code::MessagePropertyConflictWithType,
+        ),
+        (
+            {
+                let mut m = msg("t", "m7", b"x");
+                m.system_properties.as_mut().unwrap().message_type =
+                    pb::MessageType::Transaction as i32;
+                m
+            },
+            Code::NotImplemented,
+        ),
+    ];
+    for (m, want) in cases {
+        let r = c
+            .send_message(req(pb::SendMessageRequest { messages: vec![m] }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(code(&r.status), want);
+        assert!(!r.status.unwrap().message.is_empty());
+    }
+
+    // A frame over the request limit is refused by the transport.
+    let err = c
+        .send_message(req(pb::SendMessageRequest {
+            messages: vec![msg("t", "big", &vec![0u8; 100 << 10])],
+        }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{err:?}"
+    );
+
+    // Nothing of the above was stored: an empty receive, in the documented shape.
+    let frames = receive_all(&mut c, "t", 200).await;
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert!(matches!(&frames[0], Content::Status(s) if s.code == Code::MessageNotFound as i32));
+    assert!(matches!(&frames[1], Content::DeliveryTimestamp(_)));
+
+    // A good send, then receive: status, message, trailing timestamp.
+    let r = c
+        .send_message(req(pb::SendMessageRequest {
+            messages: vec![msg("t", "ok1", b"hello"), msg("t", "ok2", b"world")],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+    let frames = receive_all(&mut c, "t", 1000).await;
+    assert!(matches!(&frames[0], Content::Status(s) if s.code == Code::Ok as i32));
+    assert!(matches!(
+        frames.last().unwrap(),
+        Content::DeliveryTimestamp(_)
+    ));
+    let messages: Vec<&pb::Message> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Content::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages.len(), 2);
+    let sp = messages[0].system_properties.as_ref().unwrap();
+    let digest = sp.body_digest.as_ref().unwrap();
+    assert_eq!(digest.checksum, digest.checksum.to_uppercase());
+    assert_eq!(sp.delivery_attempt, Some(1));
+
+    // Ack with a forged handle.
+    let r = c
+        .ack_message(req(pb::AckMessageRequest {
+            group: res("g"),
+            topic: res("t"),
+            entries: vec![pb::AckMessageEntry {
+                message_id: "ok1".into(),
+                receipt_handle: "F1.0.0.1.deadbeef".into(),
+                lite_topic: None,
+            }],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::InvalidReceiptHandle);
+
+    // Long polling beyond the maximum.
+    let mut s = c
+        .receive_message(req(pb::ReceiveMessageRequest {
+            group: res("g"),
+            message_queue: Some(pb::MessageQueue {
+                topic: res("t"),
+                ..Default::default()
+            }),
+            batch_size: 1,
+            long_polling_timeout: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = s.message().await.unwrap().unwrap().content.unwrap();
+    assert!(matches!(first, Content::Status(s) if s.code == Code::IllegalPollingTime as i32));
+
+    // Heartbeat before settings; unimplemented RPCs answer at once.
+    let r = c
+        .heartbeat(req(pb::HeartbeatRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::UnrecognizedClientType);
+    let err = c
+        .get_offset(req(pb::GetOffsetRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    let r = c
+        .end_transaction(req(pb::EndTransactionRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::NotImplemented);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_settings_exchange() {
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = start(dir.path()).await;
+    let settings = pb::Settings {
+        client_type: Some(pb::ClientType::SimpleConsumer as i32),
+        pub_sub: Some(pb::settings::PubSub::Subscription(pb::Subscription {
+            group: res("g"),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let outbound = tokio_stream::iter(vec![pb::TelemetryCommand {
+        status: None,
+        command: Some(pb::telemetry_command::Command::Settings(settings)),
+    }])
+    .chain(tokio_stream::pending());
+    let mut inbound = c.telemetry(req(outbound)).await.unwrap().into_inner();
+    let reply = inbound.message().await.unwrap().unwrap();
+    assert_eq!(code(&reply.status), Code::Ok);
+    let Some(pb::telemetry_command::Command::Settings(s)) = reply.command else {
+        panic!("expected settings")
+    };
+    let backoff = s.backoff_policy.unwrap();
+    assert_eq!(backoff.max_attempts, 17);
+    assert!(
+        matches!(backoff.strategy, Some(pb::retry_policy::Strategy::CustomizedBackoff(ref b)) if b.next.len() == 18)
+    );
+    let Some(pb::settings::PubSub::Subscription(sub)) = s.pub_sub else {
+        panic!("expected subscription")
+    };
+    assert_eq!(sub.receive_batch_size, Some(32));
+    assert_eq!(sub.fifo, Some(false));
+    // Now the heartbeat is recognised.
+    let r = c
+        .heartbeat(req(pb::HeartbeatRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+
+    // Settings without publishing or subscription fail the stream.
+    let bad = tokio_stream::iter(vec![pb::TelemetryCommand {
+        status: None,
+        command: Some(pb::telemetry_command::Command::Settings(
+            pb::Settings::default(),
+        )),
+    }])
+    .chain(tokio_stream::pending());
+    let mut inbound = c.telemetry(req(bad)).await.unwrap().into_inner();
+    let err = inbound.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
