@@ -405,15 +405,41 @@ impl Engine {
         out
     }
 
-    pub async fn ack(&self, group: &str, topic: &str, receipt: &str) -> Result<(), EngineError> {
-        let end = {
+    /// Acknowledges a batch of receipts with one group commit: each is
+    /// decided and appended under one lock, then all wait for one durable
+    /// point. Results are per receipt, in order.
+    pub async fn ack(
+        &self,
+        group: &str,
+        topic: &str,
+        receipts: &[&str],
+    ) -> Vec<Result<(), EngineError>> {
+        let now = now_ms();
+        let mut results: Vec<Result<(), EngineError>> = Vec::with_capacity(receipts.len());
+        let mut end = 0;
+        {
             let mut core = self.core();
-            let rec = core.plan_ack(now_ms(), group, topic, receipt)?;
-            self.commit(&mut core, std::slice::from_ref(&rec))?
-        };
-        self.log.wait_committed(end).await?;
-        Metrics::add(&self.metrics.acks, 1);
-        Ok(())
+            for receipt in receipts {
+                let r = core
+                    .plan_ack(now, group, topic, receipt)
+                    .map_err(EngineError::from)
+                    .and_then(|rec| self.commit(&mut core, std::slice::from_ref(&rec)));
+                results.push(r.map(|e| end = end.max(e)));
+            }
+        }
+        if end > 0 {
+            if let Err(e) = self.log.wait_committed(end).await {
+                let msg = e.to_string();
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(StoreError::Failed(msg.clone()).into());
+                }
+            }
+        }
+        Metrics::add(
+            &self.metrics.acks,
+            results.iter().filter(|r| r.is_ok()).count() as u64,
+        );
+        results
     }
 
     /// Changes the invisible duration of an in-flight message; returns the

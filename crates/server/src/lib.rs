@@ -29,6 +29,21 @@ use tracing::{error, info, warn};
 pub use config::ServerConfig;
 pub use engine::Engine;
 
+/// Accepted gRPC connections with Nagle's algorithm off: small replies
+/// (acks, receive frames) must not wait for the peer's delayed ACK, which
+/// otherwise adds ~40 ms to every request/response cycle.
+fn incoming_nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    })
+}
+
 /// Runs the broker until `shutdown` resolves, then stops accepting requests,
 /// flushes and closes the log cleanly.
 pub async fn run(
@@ -54,10 +69,7 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(svc.into_server(&config))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-            wait_stop(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming_nodelay(grpc_listener), wait_stop(stop_rx.clone()));
     let http = axum::serve(http_listener, http::router(engine.clone(), clients.clone()))
         .with_graceful_shutdown(wait_stop(stop_rx.clone()));
 

@@ -542,18 +542,25 @@ impl MessagingService for Service {
                 entries: vec![],
             }));
         }
-        let mut entries = Vec::with_capacity(req.entries.len());
-        for e in req.entries {
-            let s = match self.engine.ack(&group, &topic, &e.receipt_handle).await {
-                Ok(()) => status::ok(),
-                Err(err) => status::from_error(&err),
-            };
-            entries.push(pb::AckMessageResultEntry {
-                message_id: e.message_id,
-                receipt_handle: e.receipt_handle,
-                status: Some(s),
-            });
-        }
+        let receipts: Vec<&str> = req
+            .entries
+            .iter()
+            .map(|e| e.receipt_handle.as_str())
+            .collect();
+        let results = self.engine.ack(&group, &topic, &receipts).await;
+        let entries: Vec<pb::AckMessageResultEntry> = req
+            .entries
+            .iter()
+            .zip(results)
+            .map(|(e, r)| pb::AckMessageResultEntry {
+                message_id: e.message_id.clone(),
+                receipt_handle: e.receipt_handle.clone(),
+                status: Some(match r {
+                    Ok(()) => status::ok(),
+                    Err(err) => status::from_error(&err),
+                }),
+            })
+            .collect();
         let statuses: Vec<pb::Status> = entries.iter().filter_map(|e| e.status.clone()).collect();
         Ok(Response::new(pb::AckMessageResponse {
             status: Some(status::overall(&statuses)),

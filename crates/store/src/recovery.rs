@@ -71,7 +71,7 @@ pub(crate) fn scan(
         let name = name.to_string_lossy();
         match segment::parse_name(&name) {
             Some(base) => names.push((base, entry.path())),
-            None if name.ends_with(".damaged") || name == "CLEAN" => {}
+            None if name.ends_with(".damaged") || name == "CLEAN" || name == "LOCK" => {}
             None => warn!(file = %name, "ignoring unexpected file in the log directory"),
         }
     }
