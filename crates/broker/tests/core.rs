@@ -14,7 +14,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let mut core = Broker::new(CoreConfig::default());
+        Self::with_config(CoreConfig::default())
+    }
+
+    fn with_config(config: CoreConfig) -> Self {
+        let mut core = Broker::new(config);
         core.create_topic("t", 2).unwrap();
         Harness {
             core,
@@ -349,4 +353,19 @@ fn retention_prunes_and_reports_unconsumed() {
     let stats = h.core.topic_stats();
     assert_eq!(stats[0].queues[0], (2, 4));
     assert_eq!(h.receive(0, "g", &Filter::All, 10, 10_000).len(), 2);
+}
+
+#[test]
+fn in_flight_limit_per_queue_holds_back_new_deliveries() {
+    let mut config = CoreConfig::default();
+    config.limits.max_inflight_per_queue = 2;
+    let mut h = Harness::with_config(config);
+    for i in 0..5 {
+        h.send(0, &format!("m{i}"), None, 0);
+    }
+    let got = h.receive(0, "g", &Filter::All, 10, 10_000);
+    assert_eq!(got.len(), 2, "only two may be in flight on the queue");
+    assert!(h.receive(0, "g", &Filter::All, 10, 10_000).is_empty());
+    h.ack(0, "g", &got[0]).unwrap();
+    assert_eq!(h.receive(0, "g", &Filter::All, 10, 10_000).len(), 1);
 }

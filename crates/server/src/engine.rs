@@ -79,6 +79,9 @@ pub struct Engine {
     recovery: RecoveryReport,
     retention: ferry_store::retention::RetentionPolicy,
     retention_check: Duration,
+    /// The core's limits, fixed at start: read on every request without
+    /// taking the core lock.
+    limits: ferry_broker::Limits,
 }
 
 pub fn now_ms() -> i64 {
@@ -149,6 +152,7 @@ impl Engine {
             recovery,
             retention: config.retention,
             retention_check: config.retention_check,
+            limits: config.core.limits.clone(),
         };
         engine.save_topics()?;
         Ok(engine)
@@ -164,6 +168,10 @@ impl Engine {
 
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    pub fn limits(&self) -> &ferry_broker::Limits {
+        &self.limits
     }
 
     pub fn retention_interval(&self) -> Duration {
@@ -250,7 +258,7 @@ impl Engine {
     /// Stores a batch atomically: every message is validated first, and if
     /// any is refused none is stored. Answers once all are durable.
     pub async fn send(&self, batch: Vec<Incoming>) -> Result<Vec<Stored>, Vec<EngineError>> {
-        let limits = self.core().config().limits.clone();
+        let limits = &self.limits;
         if batch.is_empty() || batch.len() > limits.max_batch_messages {
             let e = BrokerError::BadRequest(format!(
                 "a batch holds 1 to {} messages, not {}",
@@ -261,7 +269,7 @@ impl Engine {
         }
         let checks: Vec<Result<(), BrokerError>> = batch
             .iter()
-            .map(|m| ferry_broker::validate::message(m, &limits))
+            .map(|m| ferry_broker::validate::message(m, limits))
             .collect();
         if let Some(first_bad) = checks.iter().position(Result::is_err) {
             let reason = checks[first_bad]

@@ -11,6 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use ferry_broker::GroupQueueStats;
+
 use crate::clients::Clients;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -108,6 +110,9 @@ async fn recovery(State(s): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
+/// A per-group gauge: metric name, help text, and how to read its value.
+type GroupGauge = (&'static str, &'static str, fn(&GroupQueueStats) -> u64);
+
 fn escape(label: &str) -> String {
     label
         .replace('\\', "\\\\")
@@ -180,28 +185,31 @@ async fn metrics(State(s): State<AppState>) -> Response {
             );
         }
     }
-    let _ = writeln!(out, "# HELP ferry_group_lag Messages not yet consumed per group and queue.\n# TYPE ferry_group_lag gauge");
     let groups = s.engine.with_core(|c| c.group_stats());
-    for g in &groups {
-        let _ = writeln!(
-            out,
-            "ferry_group_lag{{group=\"{}\",topic=\"{}\",queue=\"{}\"}} {}",
-            escape(&g.group),
-            escape(&g.topic),
-            g.queue_id,
-            g.lag
-        );
-    }
-    let _ = writeln!(out, "# HELP ferry_group_inflight Messages delivered and not yet settled.\n# TYPE ferry_group_inflight gauge");
-    for g in &groups {
-        let _ = writeln!(
-            out,
-            "ferry_group_inflight{{group=\"{}\",topic=\"{}\",queue=\"{}\"}} {}",
-            escape(&g.group),
-            escape(&g.topic),
-            g.queue_id,
-            g.inflight
-        );
+    let gauges: [GroupGauge; 2] = [
+        (
+            "ferry_group_lag",
+            "Messages not yet consumed per group and queue.",
+            |g| g.lag,
+        ),
+        (
+            "ferry_group_inflight",
+            "Messages delivered and not yet settled.",
+            |g| g.inflight as u64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for g in &groups {
+            let _ = writeln!(
+                out,
+                "{name}{{group=\"{}\",topic=\"{}\",queue=\"{}\"}} {}",
+                escape(&g.group),
+                escape(&g.topic),
+                g.queue_id,
+                value(g)
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -72,10 +72,6 @@ impl Service {
             .max_encoding_message_size(config.core.limits.max_body_bytes + (1 << 20))
     }
 
-    fn limits(&self) -> ferry_broker::Limits {
-        self.engine.with_core(|c| c.config().limits.clone())
-    }
-
     /// The endpoints to put in route answers.
     fn endpoints(&self, asked: Option<&pb::Endpoints>) -> pb::Endpoints {
         if let Some((host, port)) = &self.advertise {
@@ -405,7 +401,8 @@ impl MessagingService for Service {
         }
         let req = request.into_inner();
         let topic = name(&req.topic);
-        if let Err(e) = ferry_broker::validate::group_name(&name(&req.group), &self.limits()) {
+        if let Err(e) = ferry_broker::validate::group_name(&name(&req.group), self.engine.limits())
+        {
             return reply(broker_status(e), vec![]);
         }
         if let Err(e) = self.engine.ensure_topic(&topic) {
@@ -440,7 +437,7 @@ impl MessagingService for Service {
         }
         let client_wait = grpc_timeout(&request);
         let req = request.into_inner();
-        let limits = self.limits();
+        let limits = self.engine.limits();
         let fail = |e: BrokerError| Ok(Response::new(receive_frames(broker_status(e), vec![])));
         let topic = req
             .message_queue

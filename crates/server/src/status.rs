@@ -70,12 +70,6 @@ pub fn from_error(e: &EngineError) -> Status {
     of(code_of(e), e.to_string())
 }
 
-impl From<&EngineError> for Status {
-    fn from(e: &EngineError) -> Status {
-        from_error(e)
-    }
-}
-
 /// The overall status of a batch: the entries' common status, or
 /// MULTIPLE_RESULTS when they differ.
 pub fn overall(entries: &[Status]) -> Status {

@@ -28,6 +28,7 @@ async fn start(dir: &std::path::Path) -> MessagingServiceClient<Channel> {
         ..Default::default()
     };
     config.core.limits.max_body_bytes = 4096;
+    config.core.limits.max_batch_messages = 3;
     tokio::spawn(ferry_server::run(config, std::future::pending()));
     let endpoint = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
     for _ in 0..200 {
@@ -176,6 +177,22 @@ async fn refusals_carry_precise_codes_and_store_nothing() {
         assert_eq!(code(&r.status), want);
         assert!(!r.status.unwrap().message.is_empty());
     }
+
+    // More messages in one batch than allowed, and an empty batch.
+    let four = (0..4).map(|i| msg("t", &format!("b{i}"), b"x")).collect();
+    let r = c
+        .send_message(req(pb::SendMessageRequest { messages: four }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::BadRequest);
+    assert!(r.status.unwrap().message.contains("1 to 3 messages"));
+    let r = c
+        .send_message(req(pb::SendMessageRequest { messages: vec![] }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::BadRequest);
 
     // A frame over the request limit is refused by the transport.
     let err = c
