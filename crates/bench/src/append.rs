@@ -65,6 +65,7 @@ pub fn run(a: AppendArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>
                             keys: vec![],
                             message_group: None,
                             delivery_timestamp_ms: None,
+                            check_after_ms: None,
                             born_timestamp_ms: 0,
                             born_host: String::new(),
                             properties: vec![],

@@ -10,6 +10,7 @@ pub struct CoreConfig {
     /// Queues of an auto-created topic.
     pub default_queues: u32,
     pub limits: Limits,
+    pub transactions: TransactionConfig,
 }
 
 impl Default for CoreConfig {
@@ -18,6 +19,7 @@ impl Default for CoreConfig {
             auto_create_topics: true,
             default_queues: 8,
             limits: Limits::default(),
+            transactions: TransactionConfig::default(),
         }
     }
 }
@@ -47,6 +49,12 @@ pub struct Limits {
     pub max_invisible_ms: i64,
     pub max_long_polling_ms: i64,
     pub max_receive_batch: usize,
+    /// Furthest a delivery time may lie ahead of the send, ms (30 days).
+    pub max_delay_ms: i64,
+    /// Most messages waiting for their delivery time, broker-wide.
+    pub max_pending_timers: usize,
+    /// Most half messages waiting for their transaction outcome.
+    pub max_pending_transactions: usize,
 }
 
 impl Default for Limits {
@@ -68,6 +76,48 @@ impl Default for Limits {
             max_invisible_ms: 12 * 3600 * 1000,
             max_long_polling_ms: 30_000,
             max_receive_batch: 1024,
+            max_delay_ms: 30 * 24 * 3600 * 1000,
+            max_pending_timers: 10_000_000,
+            max_pending_transactions: 1_000_000,
+        }
+    }
+}
+
+/// Check-back of transactions whose producer never said how they ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransactionConfig {
+    /// First check this long after the half message was stored (6 s), unless
+    /// the producer asked otherwise.
+    pub check_after_ms: i64,
+    /// Bounds on a producer's own first-check delay
+    /// (`orphaned_transaction_recovery_duration`): 1 s to 1 h.
+    pub min_check_after_ms: i64,
+    pub max_check_after_ms: i64,
+    /// Time between checks (30 s).
+    pub check_interval_ms: i64,
+    /// Checks before the broker gives up and discards the half message (15).
+    pub max_checks: u32,
+    /// When no producer of the topic is connected, look again this soon
+    /// (1 s); such a round does not count as a check.
+    pub no_producer_retry_ms: i64,
+    /// Check-backs sent per second at most, broker-wide (1000).
+    pub max_checks_per_second: u32,
+    /// Outcomes remembered to answer repeated or late EndTransaction calls
+    /// (1 000 000); older ones are forgotten oldest-first.
+    pub outcome_memory: usize,
+}
+
+impl Default for TransactionConfig {
+    fn default() -> Self {
+        TransactionConfig {
+            check_after_ms: 6_000,
+            min_check_after_ms: 1_000,
+            max_check_after_ms: 3_600_000,
+            check_interval_ms: 30_000,
+            max_checks: 15,
+            no_producer_retry_ms: 1_000,
+            max_checks_per_second: 1_000,
+            outcome_memory: 1_000_000,
         }
     }
 }

@@ -4,12 +4,17 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use ferry_record::{AckRecord, DeliverRecord, MessageRecord, Payload, Record, RenewRecord};
+use ferry_record::{
+    AckRecord, DeliverRecord, FireRecord, MessageRecord, Payload, Record, RenewRecord,
+    TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
+};
 
 use crate::filter::Filter;
 use crate::group::{GroupQueue, Inflight};
 use crate::handle::{self, Receipt};
+use crate::timer::{Timer, Timers};
 use crate::topic::{Entry, Topic};
+use crate::transaction::{self, HalfMessage, Resolved, Transactions};
 use crate::{validate, BrokerError, CoreConfig};
 
 /// RocketMQ message types, by their wire numbers.
@@ -43,6 +48,9 @@ pub struct Incoming {
     pub keys: Vec<String>,
     pub message_group: Option<String>,
     pub delivery_timestamp_ms: Option<i64>,
+    /// Transactional messages: the producer's wish for the first check-back
+    /// delay (`orphaned_transaction_recovery_duration`).
+    pub check_after_ms: Option<i64>,
     pub born_timestamp_ms: i64,
     pub born_host: String,
     /// Queue the producer picked from the route; taken modulo the topic's
@@ -113,12 +121,47 @@ pub struct GroupQueueStats {
 
 type GroupState = BTreeMap<(String, u32), GroupQueue>;
 
+/// What an EndTransaction call decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndDecision {
+    /// A first outcome: append this record, apply it, answer once durable.
+    Record(Record),
+    /// The transaction already ended compatibly with what was asked (a
+    /// repeat, or a rollback of a discarded one): answer OK, change nothing.
+    AlreadyEnded(TxOutcome),
+}
+
+/// A check-back to send: ask a producer of `topic` about this transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOrder {
+    pub half_offset: u64,
+    pub len: u32,
+    pub topic: String,
+    pub message_id: String,
+    pub transaction_id: String,
+    /// 1 for the first check.
+    pub check: u32,
+}
+
+/// What one round of check-backs decided: records to append (check counts,
+/// discards) and the checks to send once those are appended.
+#[derive(Debug, Default)]
+pub struct CheckPlan {
+    pub records: Vec<Record>,
+    pub orders: Vec<CheckOrder>,
+    /// Checks postponed because no producer of the topic was online.
+    pub deferred: usize,
+    pub discarded: usize,
+}
+
 /// The broker core. Single-threaded by design: the shell serialises calls.
 #[derive(Debug)]
 pub struct Broker {
     config: CoreConfig,
     topics: BTreeMap<String, Topic>,
     groups: BTreeMap<String, GroupState>,
+    transactions: Transactions,
+    timers: Timers,
     next_handle: u64,
     rotation: u64,
 }
@@ -126,6 +169,8 @@ pub struct Broker {
 impl Broker {
     pub fn new(config: CoreConfig) -> Self {
         Broker {
+            transactions: Transactions::new(config.transactions.outcome_memory),
+            timers: Timers::default(),
             config,
             topics: BTreeMap::new(),
             groups: BTreeMap::new(),
@@ -171,6 +216,50 @@ impl Broker {
         Ok(true)
     }
 
+    /// Admits a whole batch before any of it is stored, so a refusal never
+    /// leaves part of a batch behind: topics exist, delivery times are in
+    /// range, and the pending tables have room for all of it. Returns the
+    /// index of the first refused message with the reason.
+    pub fn admit_batch(
+        &self,
+        now_ms: i64,
+        batch: &[Incoming],
+    ) -> Result<(), (usize, BrokerError)> {
+        let limits = &self.config.limits;
+        let mut halves = self.transactions.pending_len();
+        let mut timers = self.timers.len();
+        for (i, m) in batch.iter().enumerate() {
+            if !self.topics.contains_key(&m.topic) {
+                return Err((i, BrokerError::TopicNotFound(m.topic.clone())));
+            }
+            validate::delivery_time(m, now_ms, limits).map_err(|e| (i, e))?;
+            if m.kind == MessageKind::Transaction {
+                halves += 1;
+                if halves > limits.max_pending_transactions {
+                    return Err((
+                        i,
+                        BrokerError::LimitReached(format!(
+                            "{} transactions are pending, the most this broker holds",
+                            limits.max_pending_transactions
+                        )),
+                    ));
+                }
+            } else if m.delivery_timestamp_ms.is_some_and(|t| t > now_ms) {
+                timers += 1;
+                if timers > limits.max_pending_timers {
+                    return Err((
+                        i,
+                        BrokerError::LimitReached(format!(
+                            "{} messages wait for their delivery time, the most this broker holds",
+                            limits.max_pending_timers
+                        )),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Turns a validated message into its log record. Does not mutate: the
     /// caller appends the record and then calls [`Broker::apply`].
     pub fn prepare_message(&self, now_ms: i64, m: &Incoming) -> Result<Record, BrokerError> {
@@ -178,8 +267,37 @@ impl Broker {
             .topics
             .get(&m.topic)
             .ok_or_else(|| BrokerError::TopicNotFound(m.topic.clone()))?;
+        let limits = &self.config.limits;
+        let is_half = m.kind == MessageKind::Transaction;
+        // Not indexed on arrival: its queue offset is fixed when it is
+        // committed or its time comes. The same test runs in `apply`, on the
+        // record's own timestamp, so replay decides identically.
+        let deferred = is_half || m.delivery_timestamp_ms.is_some_and(|t| t > now_ms);
+        if is_half && self.transactions.pending_len() >= limits.max_pending_transactions {
+            return Err(BrokerError::LimitReached(format!(
+                "{} transactions are pending, the most this broker holds",
+                limits.max_pending_transactions
+            )));
+        }
+        if deferred && !is_half && self.timers.len() >= limits.max_pending_timers {
+            return Err(BrokerError::LimitReached(format!(
+                "{} messages wait for their delivery time, the most this broker holds",
+                limits.max_pending_timers
+            )));
+        }
         let queue_id = m.queue_id % topic.queues.len() as u32;
-        let queue_offset = topic.queues[queue_id as usize].next_offset();
+        let queue_offset = if deferred {
+            0
+        } else {
+            topic.queues[queue_id as usize].next_offset()
+        };
+        let tx = &self.config.transactions;
+        let check_after_ms = if is_half {
+            m.check_after_ms
+                .map(|v| v.clamp(tx.min_check_after_ms, tx.max_check_after_ms))
+        } else {
+            None
+        };
         Ok(Record {
             term: 0,
             timestamp_ms: now_ms,
@@ -194,6 +312,7 @@ impl Broker {
                 keys: m.keys.clone(),
                 message_group: m.message_group.clone(),
                 delivery_timestamp_ms: m.delivery_timestamp_ms,
+                check_after_ms,
                 born_timestamp_ms: m.born_timestamp_ms,
                 born_host: m.born_host.clone(),
                 properties: m.properties.clone(),
@@ -252,6 +371,75 @@ impl Broker {
                     }
                 }
             }
+            Payload::TxEnd(t) => self.apply_tx_end(log_offset + len as u64, rec.timestamp_ms, t),
+            Payload::TxCheck(c) => {
+                self.transactions
+                    .checked(c.half_offset, c.checks, c.next_check_ms);
+            }
+            Payload::Fire(f) => {
+                if let Some(t) = self.timers.remove(f.message_offset) {
+                    self.index(
+                        &t.topic,
+                        f.queue_id,
+                        f.queue_offset,
+                        Entry {
+                            log_offset: t.log_offset,
+                            len: t.len,
+                            tag: None,
+                            store_ms: t.store_ms,
+                            ready_at: log_offset + len as u64,
+                        },
+                        t.tag.as_deref(),
+                        true,
+                    );
+                }
+            }
+        }
+    }
+
+    fn apply_tx_end(&mut self, ready_at: u64, now_ms: i64, t: &TxEndRecord) {
+        let checks = self
+            .transactions
+            .get(t.half_offset)
+            .map_or(0, |h| h.checks);
+        let half = self.transactions.end(Resolved {
+            half_offset: t.half_offset,
+            topic: t.topic.clone(),
+            message_id: t.message_id.clone(),
+            outcome: t.outcome,
+            source: t.source,
+            at_ms: now_ms,
+            checks,
+            reason: t.reason.clone(),
+        });
+        let Some(h) = half else { return };
+        if t.outcome != TxOutcome::Commit {
+            return;
+        }
+        match t.queue_offset {
+            Some(q) => self.index(
+                &h.topic,
+                t.queue_id,
+                q,
+                Entry {
+                    log_offset: h.log_offset,
+                    len: h.len,
+                    tag: None,
+                    store_ms: h.store_ms,
+                    ready_at,
+                },
+                h.tag.as_deref(),
+                true,
+            ),
+            None => self.timers.add(Timer {
+                log_offset: h.log_offset,
+                len: h.len,
+                topic: h.topic,
+                queue_id: t.queue_id,
+                tag: h.tag,
+                store_ms: h.store_ms,
+                due_ms: h.delivery_ms.unwrap_or(now_ms),
+            }),
         }
     }
 
@@ -264,32 +452,94 @@ impl Broker {
         while topic.queues.len() <= m.queue_id as usize {
             topic.queues.push(Default::default());
         }
-        let tag = m.tag.as_deref().map(|t| topic.intern(t));
-        let queue = &mut topic.queues[m.queue_id as usize];
-        if queue.entries.is_empty() && m.queue_offset > queue.base {
-            // Everything before this message was removed by retention.
-            queue.base = m.queue_offset;
-        }
-        if m.queue_offset < queue.next_offset() {
-            // Already indexed (cannot happen on the live path).
-            debug_assert!(false, "queue offset {} reused", m.queue_offset);
+        if m.message_type == MessageKind::Transaction as u8 {
+            let after = m
+                .check_after_ms
+                .unwrap_or(self.config.transactions.check_after_ms);
+            self.transactions.add(HalfMessage {
+                log_offset,
+                len,
+                topic: m.topic.clone(),
+                queue_id: m.queue_id,
+                message_id: m.message_id.clone(),
+                tag: m.tag.clone(),
+                message_group: m.message_group.clone(),
+                delivery_ms: m.delivery_timestamp_ms,
+                store_ms,
+                checks: 0,
+                next_check_ms: store_ms.saturating_add(after),
+            });
             return;
         }
-        while queue.next_offset() < m.queue_offset {
+        if let Some(due_ms) = m.delivery_timestamp_ms.filter(|&t| t > store_ms) {
+            self.timers.add(Timer {
+                log_offset,
+                len,
+                topic: m.topic.clone(),
+                queue_id: m.queue_id,
+                tag: m.tag.clone(),
+                store_ms,
+                due_ms,
+            });
+            return;
+        }
+        self.index(
+            &m.topic,
+            m.queue_id,
+            m.queue_offset,
+            Entry {
+                log_offset,
+                len,
+                tag: None,
+                store_ms,
+                ready_at: log_offset + len as u64,
+            },
+            m.tag.as_deref(),
+            false,
+        );
+    }
+
+    /// Puts `entry` at `queue_offset` of a queue. `late` marks an entry
+    /// indexed after records newer than its own (commit, timer).
+    fn index(
+        &mut self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        mut entry: Entry,
+        tag: Option<&str>,
+        late: bool,
+    ) {
+        let Some(topic) = self.topics.get_mut(topic) else {
+            debug_assert!(false, "indexing into unknown topic {topic}");
+            return;
+        };
+        while topic.queues.len() <= queue_id as usize {
+            topic.queues.push(Default::default());
+        }
+        entry.tag = tag.map(|t| topic.intern(t));
+        let queue = &mut topic.queues[queue_id as usize];
+        if queue.entries.is_empty() && queue_offset > queue.base {
+            // Everything before this message was removed by retention.
+            queue.base = queue_offset;
+        }
+        if queue_offset < queue.next_offset() {
+            // Already indexed (cannot happen on the live path).
+            debug_assert!(false, "queue offset {queue_offset} reused");
+            return;
+        }
+        while queue.next_offset() < queue_offset {
             // A gap: recovery dropped a damaged record here.
             queue.entries.push_back(Entry {
                 log_offset: Entry::LOST,
                 len: 0,
                 tag: None,
-                store_ms,
+                store_ms: entry.store_ms,
+                ready_at: 0,
             });
         }
-        queue.entries.push_back(Entry {
-            log_offset,
-            len,
-            tag,
-            store_ms,
-        });
+        queue.has_late |= late;
+        queue.entries.push_back(entry);
     }
 
     /// The state of `group` on a queue, created on first use starting at the
@@ -435,7 +685,7 @@ impl Broker {
             let mut skipped_to = None;
             while plan.deliveries.len() < req.max_messages && inflight < max_inflight {
                 let Some(e) = queue.get(cursor) else { break };
-                if !e.is_lost() && e.end() > committed {
+                if !e.is_lost() && e.ready_at > committed {
                     break;
                 }
                 if e.is_lost() || !req.filter.matches(e.tag.as_deref()) {
@@ -572,6 +822,7 @@ impl Broker {
     /// segments are being deleted) and reports what groups had not consumed.
     pub fn prune_below(&mut self, cut: u64) -> Vec<RetentionLoss> {
         let mut losses = Vec::new();
+        let mut late_gone = Vec::new();
         for (name, topic) in &mut self.topics {
             for (q, queue) in topic.queues.iter_mut().enumerate() {
                 while queue
@@ -581,6 +832,15 @@ impl Broker {
                 {
                     queue.entries.pop_front();
                     queue.base += 1;
+                }
+                if queue.has_late {
+                    // Committed or fired entries point back at older records;
+                    // they may lie behind newer ones. Rare enough to scan.
+                    for (i, e) in queue.entries.iter().enumerate() {
+                        if !e.is_lost() && e.log_offset < cut {
+                            late_gone.push((name.clone(), q as u32, queue.base + i as u64));
+                        }
+                    }
                 }
                 for (group, state) in &mut self.groups {
                     if let Some(gq) = state.get_mut(&(name.clone(), q as u32)) {
@@ -597,7 +857,230 @@ impl Broker {
                 }
             }
         }
+        for (topic, q, off) in late_gone {
+            for (group, state) in &self.groups {
+                if let Some(gq) = state.get(&(topic.clone(), q)) {
+                    if gq.cursor <= off || gq.inflight.contains_key(&off) {
+                        losses.push(RetentionLoss {
+                            group: group.clone(),
+                            topic: topic.clone(),
+                            queue_id: q,
+                            messages: 1,
+                        });
+                    }
+                }
+            }
+            self.mark_lost(&topic, q, off);
+        }
         losses
+    }
+
+    /// Lowest log offset a pending half message or timer still needs:
+    /// retention must not delete the segment holding it.
+    pub fn pinned_offset(&self) -> Option<u64> {
+        match (
+            self.transactions.lowest_offset(),
+            self.timers.lowest_offset(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn transactions(&self) -> &Transactions {
+        &self.transactions
+    }
+
+    pub fn timers(&self) -> &Timers {
+        &self.timers
+    }
+
+    /// Decides an EndTransaction call. The first outcome accepted is final:
+    /// a repeat answers [`EndDecision::AlreadyEnded`], a contradiction is
+    /// refused, and an id that does not name this topic and message is
+    /// invalid.
+    pub fn plan_end_transaction(
+        &self,
+        now_ms: i64,
+        topic: &str,
+        message_id: &str,
+        transaction_id: &str,
+        outcome: TxOutcome,
+        source: TxSource,
+    ) -> Result<EndDecision, BrokerError> {
+        let offset = transaction::parse_transaction_id(transaction_id).ok_or_else(|| {
+            BrokerError::InvalidTransactionId(format!(
+                "{transaction_id:?} is not a transaction id this broker issued"
+            ))
+        })?;
+        let mismatch = |t: &str, m: &str| {
+            BrokerError::InvalidTransactionId(format!(
+                "transaction {transaction_id} belongs to message {m} on topic {t}, not to message {message_id} on topic {topic}"
+            ))
+        };
+        if let Some(h) = self.transactions.get(offset) {
+            if h.topic != topic || h.message_id != message_id {
+                return Err(mismatch(&h.topic, &h.message_id));
+            }
+            let due_later = h.delivery_ms.is_some_and(|d| d > now_ms);
+            let queue_offset = if outcome == TxOutcome::Commit && !due_later {
+                let q = self
+                    .topics
+                    .get(&h.topic)
+                    .and_then(|t| t.queues.get(h.queue_id as usize))
+                    .map_or(0, |q| q.next_offset());
+                Some(q)
+            } else {
+                None
+            };
+            let who = match source {
+                TxSource::Client => "the producer",
+                TxSource::ServerCheck => "the producer, answering a check-back",
+                TxSource::CheckLimit => "the broker",
+            };
+            let what = match outcome {
+                TxOutcome::Commit => "committed",
+                TxOutcome::Rollback => "rolled back",
+                TxOutcome::Discard => "discarded",
+            };
+            return Ok(EndDecision::Record(Record {
+                term: 0,
+                timestamp_ms: now_ms,
+                payload: Payload::TxEnd(TxEndRecord {
+                    half_offset: offset,
+                    topic: h.topic.clone(),
+                    message_id: h.message_id.clone(),
+                    outcome,
+                    source,
+                    queue_id: h.queue_id,
+                    queue_offset,
+                    reason: format!("{what} by {who} after {} check-backs", h.checks),
+                }),
+            }));
+        }
+        if let Some(r) = self.transactions.resolved(offset) {
+            if r.topic != topic || r.message_id != message_id {
+                return Err(mismatch(&r.topic, &r.message_id));
+            }
+            if r.outcome == outcome
+                || (outcome == TxOutcome::Rollback && r.outcome == TxOutcome::Discard)
+            {
+                return Ok(EndDecision::AlreadyEnded(r.outcome));
+            }
+            let past = match r.outcome {
+                TxOutcome::Commit => "committed",
+                TxOutcome::Rollback => "rolled back",
+                TxOutcome::Discard => "discarded",
+            };
+            let asked = if outcome == TxOutcome::Commit {
+                "commit"
+            } else {
+                "rollback"
+            };
+            return Err(BrokerError::TransactionConflict(format!(
+                "transaction {transaction_id} was {past} at {} ms ({}); the {asked} asked now is refused",
+                r.at_ms, r.reason
+            )));
+        }
+        Err(BrokerError::InvalidTransactionId(format!(
+            "no transaction {transaction_id} is known: never issued, or ended before the last {} outcomes the broker remembers",
+            self.config.transactions.outcome_memory
+        )))
+    }
+
+    /// Decides one round of check-backs at `now_ms`: at most `budget`
+    /// checks and discards. A transaction whose topic has no producer
+    /// online (`producer_online`) is postponed without using up a check.
+    pub fn plan_checks(
+        &mut self,
+        now_ms: i64,
+        budget: usize,
+        producer_online: &mut dyn FnMut(&str) -> bool,
+    ) -> CheckPlan {
+        let cfg = self.config.transactions.clone();
+        let mut plan = CheckPlan::default();
+        let due: Vec<HalfMessage> = self
+            .transactions
+            .due(now_ms)
+            .take(budget.saturating_mul(4).max(budget))
+            .cloned()
+            .collect();
+        for h in due {
+            if plan.records.len() >= budget {
+                break;
+            }
+            if h.checks >= cfg.max_checks {
+                plan.discarded += 1;
+                plan.records.push(Record {
+                    term: 0,
+                    timestamp_ms: now_ms,
+                    payload: Payload::TxEnd(TxEndRecord {
+                        half_offset: h.log_offset,
+                        topic: h.topic.clone(),
+                        message_id: h.message_id.clone(),
+                        outcome: TxOutcome::Discard,
+                        source: TxSource::CheckLimit,
+                        queue_id: h.queue_id,
+                        queue_offset: None,
+                        reason: format!(
+                            "no outcome after {} check-backs; discarded, never delivered",
+                            h.checks
+                        ),
+                    }),
+                });
+                continue;
+            }
+            if !producer_online(&h.topic) {
+                plan.deferred += 1;
+                self.transactions
+                    .defer(h.log_offset, now_ms.saturating_add(cfg.no_producer_retry_ms));
+                continue;
+            }
+            let check = h.checks + 1;
+            plan.records.push(Record {
+                term: 0,
+                timestamp_ms: now_ms,
+                payload: Payload::TxCheck(TxCheckRecord {
+                    half_offset: h.log_offset,
+                    checks: check,
+                    next_check_ms: now_ms.saturating_add(cfg.check_interval_ms),
+                }),
+            });
+            plan.orders.push(CheckOrder {
+                half_offset: h.log_offset,
+                len: h.len,
+                topic: h.topic,
+                message_id: h.message_id,
+                transaction_id: transaction::transaction_id(h.log_offset),
+                check,
+            });
+        }
+        plan
+    }
+
+    /// The next timer due at `now_ms`, as the record that indexes it. Call
+    /// again after applying it: each fire takes the next queue offset.
+    pub fn plan_fire(&mut self, now_ms: i64) -> Option<Record> {
+        let t = self.timers.first_due(now_ms)?.clone();
+        let Some(queue) = self
+            .topics
+            .get(&t.topic)
+            .and_then(|topic| topic.queues.get(t.queue_id as usize))
+        else {
+            debug_assert!(false, "timer for a queue that does not exist");
+            self.timers.remove(t.log_offset);
+            return None;
+        };
+        Some(Record {
+            term: 0,
+            timestamp_ms: now_ms,
+            payload: Payload::Fire(FireRecord {
+                message_offset: t.log_offset,
+                topic: t.topic,
+                queue_id: t.queue_id,
+                queue_offset: queue.next_offset(),
+            }),
+        })
     }
 
     pub fn topic_stats(&self) -> Vec<TopicStats> {

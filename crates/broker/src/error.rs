@@ -45,6 +45,10 @@ pub enum BrokerError {
     BadRequest(String),
     #[error("not stored: entry {index} of the batch was rejected ({reason}); a batch is stored whole or not at all")]
     BatchRejected { index: usize, reason: String },
+    #[error("invalid transaction id: {0}")]
+    InvalidTransactionId(String),
+    #[error("transaction already ended: {0}")]
+    TransactionConflict(String),
     #[error("limit reached: {0}")]
     LimitReached(String),
 }

@@ -11,7 +11,9 @@
 //! Modules: [`config`] (limits and defaults), [`error`] (typed failures),
 //! [`validate`] (message and name rules), [`filter`] (tag expressions),
 //! [`handle`] (receipt handles), [`topic`] (queues and their index),
-//! [`group`] (consumer-group progress), [`core`] (the state machine).
+//! [`group`] (consumer-group progress), [`transaction`] (half messages,
+//! check-back schedule, outcomes), [`timer`] (messages waiting for their
+//! delivery time), [`core`] (the state machine).
 
 pub mod config;
 pub mod core;
@@ -19,12 +21,14 @@ pub mod error;
 pub mod filter;
 pub mod group;
 pub mod handle;
+pub mod timer;
 pub mod topic;
+pub mod transaction;
 pub mod validate;
 
-pub use crate::config::{CoreConfig, Limits};
+pub use crate::config::{CoreConfig, Limits, TransactionConfig};
 pub use crate::core::{
-    Broker, Delivery, GroupQueueStats, Incoming, MessageKind, ReceivePlan, ReceiveRequest,
+    Broker, CheckOrder, CheckPlan, Delivery, EndDecision, GroupQueueStats, Incoming, MessageKind, ReceivePlan, ReceiveRequest,
     RetentionLoss, TopicStats,
 };
 pub use crate::error::BrokerError;

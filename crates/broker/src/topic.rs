@@ -13,6 +13,10 @@ pub struct Entry {
     pub len: u32,
     pub tag: Option<Arc<str>>,
     pub store_ms: i64,
+    /// The log must be durable up to here before this entry may be served:
+    /// the end of the record that indexed it — the message itself, or the
+    /// later commit or timer record that made it deliverable.
+    pub ready_at: u64,
 }
 
 impl Entry {
@@ -22,10 +26,6 @@ impl Entry {
         self.log_offset == Self::LOST
     }
 
-    /// First log offset after this record.
-    pub fn end(&self) -> u64 {
-        self.log_offset + self.len as u64
-    }
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +33,10 @@ pub struct Queue {
     /// Queue offset of `entries[0]`.
     pub base: u64,
     pub entries: VecDeque<Entry>,
+    /// Some entry was indexed after records newer than its own (a committed
+    /// transaction, a fired timer): log offsets in `entries` are then not
+    /// ascending, and retention must look past the front.
+    pub has_late: bool,
 }
 
 impl Queue {

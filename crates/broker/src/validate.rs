@@ -108,6 +108,11 @@ pub fn message(m: &Incoming, limits: &Limits) -> Result<(), BrokerError> {
     ) {
         (MessageKind::Normal, false, false) => Ok(()),
         (MessageKind::Fifo, true, false) => Ok(()),
+        (MessageKind::Delay, false, true) => Ok(()),
+        // Unlike the reference broker, a transactional message may carry a
+        // message group (it joins the group's order when committed) and a
+        // delivery time (it fires then, if committed by that time).
+        (MessageKind::Transaction, _, _) => Ok(()),
         (MessageKind::Normal, true, _) => Err(BrokerError::TypeConflict(
             "a NORMAL message has a message group".into(),
         )),
@@ -123,9 +128,23 @@ pub fn message(m: &Incoming, limits: &Limits) -> Result<(), BrokerError> {
         (MessageKind::Delay, _, false) => Err(BrokerError::TypeConflict(
             "a DELAY message needs a delivery time".into(),
         )),
-        (MessageKind::Delay, _, true) => Err(BrokerError::NotImplemented("delayed delivery")),
-        (MessageKind::Transaction, _, _) => {
-            Err(BrokerError::NotImplemented("transactional messages"))
+        (MessageKind::Delay, true, true) => Err(BrokerError::TypeConflict(
+            "a DELAY message cannot have a message group".into(),
+        )),
+    }
+}
+
+/// Checks what depends on the clock: a delivery time may lie in the past
+/// (the message is due at once) but not further ahead than the limit.
+pub fn delivery_time(m: &Incoming, now_ms: i64, limits: &Limits) -> Result<(), BrokerError> {
+    match m.delivery_timestamp_ms {
+        Some(t) if t > now_ms.saturating_add(limits.max_delay_ms) => {
+            Err(BrokerError::IllegalDeliveryTime(format!(
+                "{t} ms lies {} s ahead; at most {} s is allowed",
+                (t - now_ms) / 1000,
+                limits.max_delay_ms / 1000
+            )))
         }
+        _ => Ok(()),
     }
 }

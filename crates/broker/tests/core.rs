@@ -1,103 +1,11 @@
 //! Core rules, driven with an explicit clock and an in-memory stand-in for
 //! the log: decide → "append" (assign an offset) → apply, as the shell does.
 
+mod common;
+
 use bytes::Bytes;
+use common::{incoming, Harness};
 use ferry_broker::*;
-use ferry_record::{encoded_len, Record};
-
-/// The core plus the records it produced, as a log would hold them.
-struct Harness {
-    core: Broker,
-    log: Vec<(u64, u32, Record)>,
-    next: u64,
-}
-
-impl Harness {
-    fn new() -> Self {
-        Self::with_config(CoreConfig::default())
-    }
-
-    fn with_config(config: CoreConfig) -> Self {
-        let mut core = Broker::new(config);
-        core.create_topic("t", 2).unwrap();
-        Harness {
-            core,
-            log: Vec::new(),
-            next: 0,
-        }
-    }
-
-    fn commit(&mut self, rec: Record) {
-        let len = encoded_len(&rec) as u32;
-        self.core.apply(self.next, len, &rec);
-        self.log.push((self.next, len, rec));
-        self.next += len as u64;
-    }
-
-    fn send(&mut self, now: i64, id: &str, tag: Option<&str>, queue: u32) {
-        let m = incoming(id, tag, queue);
-        ferry_broker::validate::message(&m, &self.core.config().limits).unwrap();
-        let rec = self.core.prepare_message(now, &m).unwrap();
-        self.commit(rec);
-    }
-
-    fn receive(
-        &mut self,
-        now: i64,
-        group: &str,
-        filter: &Filter,
-        max: usize,
-        invisible: i64,
-    ) -> Vec<Delivery> {
-        let req = ReceiveRequest {
-            group,
-            topic: "t",
-            filter,
-            max_messages: max,
-            invisible_ms: invisible,
-        };
-        let plan = self.core.plan_receive(now, &req, self.next).unwrap();
-        for r in plan.records {
-            self.commit(r);
-        }
-        self.core.apply_skips(group, "t", &plan.skips);
-        plan.deliveries
-    }
-
-    fn ack(&mut self, now: i64, group: &str, d: &Delivery) -> Result<(), BrokerError> {
-        let rec = self.core.plan_ack(now, group, "t", &d.receipt_handle)?;
-        self.commit(rec);
-        Ok(())
-    }
-
-    /// A fresh core rebuilt from the records alone: what recovery does.
-    fn replayed(&self) -> Broker {
-        let mut core = Broker::new(CoreConfig::default());
-        core.create_topic("t", 2).unwrap();
-        for (o, l, r) in &self.log {
-            core.apply(*o, *l, r);
-        }
-        core
-    }
-}
-
-fn incoming(id: &str, tag: Option<&str>, queue: u32) -> Incoming {
-    Incoming {
-        topic: "t".into(),
-        message_id: id.into(),
-        kind: MessageKind::Normal,
-        tag: tag.map(String::from),
-        keys: vec![],
-        message_group: None,
-        delivery_timestamp_ms: None,
-        born_timestamp_ms: 0,
-        born_host: "h".into(),
-        queue_id: queue,
-        body_encoding: 1,
-        properties: vec![],
-        body: Bytes::from_static(b"x"),
-    }
-}
 
 #[test]
 fn receive_ack_and_redelivery_with_rising_attempts() {
@@ -325,9 +233,29 @@ fn message_validation_rules() {
         }),
         Err(BrokerError::IllegalMessageGroup(_))
     ));
+    assert!(check(&|m| m.kind = MessageKind::Transaction).is_ok());
+    assert!(check(&|m| {
+        m.kind = MessageKind::Transaction;
+        m.message_group = Some("g".into());
+        m.delivery_timestamp_ms = Some(5);
+    })
+    .is_ok());
+    assert!(check(&|m| {
+        m.kind = MessageKind::Delay;
+        m.delivery_timestamp_ms = Some(5);
+    })
+    .is_ok());
     assert!(matches!(
-        check(&|m| m.kind = MessageKind::Transaction),
-        Err(BrokerError::NotImplemented(_))
+        check(&|m| m.kind = MessageKind::Delay),
+        Err(BrokerError::TypeConflict(_))
+    ));
+    assert!(matches!(
+        check(&|m| {
+            m.kind = MessageKind::Delay;
+            m.delivery_timestamp_ms = Some(5);
+            m.message_group = Some("g".into());
+        }),
+        Err(BrokerError::TypeConflict(_))
     ));
 }
 

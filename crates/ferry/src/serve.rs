@@ -79,6 +79,33 @@ pub struct ServeArgs {
     /// Most connected clients [default: 10000]
     #[arg(long, env = "FERRY_MAX_CLIENTS")]
     max_clients: Option<usize>,
+    /// First transaction check-back this long after the half message, ms, unless the producer asks otherwise [default: 6000]
+    #[arg(long, env = "FERRY_TX_CHECK_AFTER_MS")]
+    tx_check_after_ms: Option<u64>,
+    /// Cap on a producer's own first-check delay (orphaned_transaction_recovery_duration), ms [default: 3600000]
+    #[arg(long, env = "FERRY_TX_MAX_CHECK_AFTER_MS")]
+    tx_max_check_after_ms: Option<u64>,
+    /// Time between check-backs of one transaction, ms [default: 30000]
+    #[arg(long, env = "FERRY_TX_CHECK_INTERVAL_MS")]
+    tx_check_interval_ms: Option<u64>,
+    /// Check-backs before an unresolved half message is discarded [default: 15]
+    #[arg(long, env = "FERRY_TX_MAX_CHECKS")]
+    tx_max_checks: Option<u32>,
+    /// Most check-backs sent per second, broker-wide [default: 1000]
+    #[arg(long, env = "FERRY_TX_CHECKS_PER_SECOND")]
+    tx_checks_per_second: Option<u32>,
+    /// Transaction outcomes remembered to answer repeated EndTransaction calls [default: 1000000]
+    #[arg(long, env = "FERRY_TX_OUTCOME_MEMORY")]
+    tx_outcome_memory: Option<usize>,
+    /// Most half messages waiting for an outcome [default: 1000000]
+    #[arg(long, env = "FERRY_MAX_PENDING_TRANSACTIONS")]
+    max_pending_transactions: Option<usize>,
+    /// Most messages waiting for their delivery time [default: 10000000]
+    #[arg(long, env = "FERRY_MAX_PENDING_TIMERS")]
+    max_pending_timers: Option<usize>,
+    /// Furthest a delivery time may lie ahead, hours [default: 720]
+    #[arg(long, env = "FERRY_MAX_DELAY_HOURS")]
+    max_delay_hours: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -101,6 +128,15 @@ struct FileConfig {
     max_batch_messages: Option<usize>,
     max_inflight_per_queue: Option<usize>,
     max_clients: Option<usize>,
+    tx_check_after_ms: Option<u64>,
+    tx_max_check_after_ms: Option<u64>,
+    tx_check_interval_ms: Option<u64>,
+    tx_max_checks: Option<u32>,
+    tx_checks_per_second: Option<u32>,
+    tx_outcome_memory: Option<usize>,
+    max_pending_transactions: Option<usize>,
+    max_pending_timers: Option<usize>,
+    max_delay_hours: Option<u64>,
 }
 
 fn build_config(a: ServeArgs) -> Result<ServerConfig, Box<dyn std::error::Error + Send + Sync>> {
@@ -182,6 +218,35 @@ fn build_config(a: ServeArgs) -> Result<ServerConfig, Box<dyn std::error::Error 
     }
     if let Some(v) = pick!(max_clients) {
         c.max_clients = v.max(1);
+    }
+    let tx = &mut c.core.transactions;
+    let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    if let Some(v) = pick!(tx_check_after_ms) {
+        tx.check_after_ms = ms(v.max(100));
+    }
+    if let Some(v) = pick!(tx_max_check_after_ms) {
+        tx.max_check_after_ms = ms(v).max(tx.min_check_after_ms);
+    }
+    if let Some(v) = pick!(tx_check_interval_ms) {
+        tx.check_interval_ms = ms(v.max(100));
+    }
+    if let Some(v) = pick!(tx_max_checks) {
+        tx.max_checks = v;
+    }
+    if let Some(v) = pick!(tx_checks_per_second) {
+        tx.max_checks_per_second = v.max(1);
+    }
+    if let Some(v) = pick!(tx_outcome_memory) {
+        tx.outcome_memory = v.max(1);
+    }
+    if let Some(v) = pick!(max_pending_transactions) {
+        c.core.limits.max_pending_transactions = v.max(1);
+    }
+    if let Some(v) = pick!(max_pending_timers) {
+        c.core.limits.max_pending_timers = v.max(1);
+    }
+    if let Some(v) = pick!(max_delay_hours) {
+        c.core.limits.max_delay_ms = ms(v.saturating_mul(3_600_000)).max(1);
     }
     if c.max_request_bytes < c.core.limits.max_body_bytes + c.core.limits.max_properties_bytes {
         c.max_request_bytes =

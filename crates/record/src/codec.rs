@@ -49,6 +49,8 @@ pub fn encoded_len(rec: &Record) -> usize {
                 + opt(&m.message_group)
                 + 1
                 + m.delivery_timestamp_ms.map_or(0, |_| 8)
+                + 1
+                + m.check_after_ms.map_or(0, |_| 8)
                 + 8
                 + s(&m.born_host)
                 + 2
@@ -62,6 +64,18 @@ pub fn encoded_len(rec: &Record) -> usize {
         Payload::Deliver(d) => s(&d.group) + s(&d.topic) + 4 + 8 + 4 + 8 + 8,
         Payload::Ack(a) => s(&a.group) + s(&a.topic) + 4 + 8 + 8,
         Payload::Renew(r) => s(&r.group) + s(&r.topic) + 4 + 8 + 8 + 8,
+        Payload::TxEnd(t) => {
+            8 + s(&t.topic)
+                + s(&t.message_id)
+                + 1
+                + 1
+                + 4
+                + 1
+                + t.queue_offset.map_or(0, |_| 8)
+                + s(&t.reason)
+        }
+        Payload::TxCheck(_) => 8 + 4 + 8,
+        Payload::Fire(f) => 8 + s(&f.topic) + 4 + 8,
     };
     HEADER_LEN + payload
 }
@@ -105,13 +119,8 @@ pub fn encode(rec: &Record, offset: u64, out: &mut Vec<u8>) {
                 put_str(out, k);
             }
             put_opt(out, &m.message_group);
-            match m.delivery_timestamp_ms {
-                Some(t) => {
-                    out.put_u8(1);
-                    out.put_i64_le(t);
-                }
-                None => out.put_u8(0),
-            }
+            put_opt_i64(out, m.delivery_timestamp_ms);
+            put_opt_i64(out, m.check_after_ms);
             out.put_i64_le(m.born_timestamp_ms);
             put_str(out, &m.born_host);
             assert!(m.properties.len() <= u16::MAX as usize);
@@ -148,6 +157,33 @@ pub fn encode(rec: &Record, offset: u64, out: &mut Vec<u8>) {
             out.put_u64_le(r.handle);
             out.put_i64_le(r.visible_at_ms);
         }
+        Payload::TxEnd(t) => {
+            out.put_u64_le(t.half_offset);
+            put_str(out, &t.topic);
+            put_str(out, &t.message_id);
+            out.put_u8(t.outcome as u8);
+            out.put_u8(t.source as u8);
+            out.put_u32_le(t.queue_id);
+            match t.queue_offset {
+                Some(q) => {
+                    out.put_u8(1);
+                    out.put_u64_le(q);
+                }
+                None => out.put_u8(0),
+            }
+            put_str(out, &t.reason);
+        }
+        Payload::TxCheck(c) => {
+            out.put_u64_le(c.half_offset);
+            out.put_u32_le(c.checks);
+            out.put_i64_le(c.next_check_ms);
+        }
+        Payload::Fire(f) => {
+            out.put_u64_le(f.message_offset);
+            put_str(out, &f.topic);
+            out.put_u32_le(f.queue_id);
+            out.put_u64_le(f.queue_offset);
+        }
     }
     debug_assert_eq!(out.len() - start, len, "encoded_len disagrees with encode");
     let crc = checksum(&out[start..start + len]);
@@ -163,6 +199,16 @@ fn put_str(out: &mut Vec<u8>, v: &str) {
     assert!(v.len() <= u16::MAX as usize, "string field over 64 KiB");
     out.put_u16_le(v.len() as u16);
     out.put_slice(v.as_bytes());
+}
+
+fn put_opt_i64(out: &mut Vec<u8>, v: Option<i64>) {
+    match v {
+        Some(t) => {
+            out.put_u8(1);
+            out.put_i64_le(t);
+        }
+        None => out.put_u8(0),
+    }
 }
 
 fn put_opt(out: &mut Vec<u8>, v: &Option<String>) {
@@ -243,11 +289,8 @@ pub fn decode(
                 keys
             },
             message_group: r.opt_string()?,
-            delivery_timestamp_ms: match r.u8()? {
-                0 => None,
-                1 => Some(r.i64()?),
-                _ => return Err(DecodeError::Malformed("bad option flag")),
-            },
+            delivery_timestamp_ms: r.opt_i64()?,
+            check_after_ms: r.opt_i64()?,
             born_timestamp_ms: r.i64()?,
             born_host: r.string()?,
             properties: {
@@ -289,6 +332,33 @@ pub fn decode(
             queue_offset: r.u64()?,
             handle: r.u64()?,
             visible_at_ms: r.i64()?,
+        }),
+        Kind::TxEnd => Payload::TxEnd(TxEndRecord {
+            half_offset: r.u64()?,
+            topic: r.string()?,
+            message_id: r.string()?,
+            outcome: TxOutcome::from_u8(r.u8()?)
+                .ok_or(DecodeError::Malformed("unknown transaction outcome"))?,
+            source: TxSource::from_u8(r.u8()?)
+                .ok_or(DecodeError::Malformed("unknown transaction source"))?,
+            queue_id: r.u32()?,
+            queue_offset: match r.u8()? {
+                0 => None,
+                1 => Some(r.u64()?),
+                _ => return Err(DecodeError::Malformed("bad option flag")),
+            },
+            reason: r.string()?,
+        }),
+        Kind::TxCheck => Payload::TxCheck(TxCheckRecord {
+            half_offset: r.u64()?,
+            checks: r.u32()?,
+            next_check_ms: r.i64()?,
+        }),
+        Kind::Fire => Payload::Fire(FireRecord {
+            message_offset: r.u64()?,
+            topic: r.string()?,
+            queue_id: r.u32()?,
+            queue_offset: r.u64()?,
         }),
     };
     if r.remaining() != 0 {
@@ -345,6 +415,13 @@ impl Reader {
     fn string(&mut self) -> Result<String, DecodeError> {
         let n = self.u16()? as usize;
         self.utf8(n)
+    }
+    fn opt_i64(&mut self) -> Result<Option<i64>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.i64()?)),
+            _ => Err(DecodeError::Malformed("bad option flag")),
+        }
     }
     fn opt_string(&mut self) -> Result<Option<String>, DecodeError> {
         match self.u8()? {

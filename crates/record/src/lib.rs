@@ -1,7 +1,8 @@
 //! The commit-log record format.
 //!
 //! Every fact Ferry keeps — a message, a delivery, an acknowledgement, a
-//! change of invisibility — is one record appended to the commit log. This
+//! change of invisibility, a transaction's check or outcome, a timer firing —
+//! is one record appended to the commit log. This
 //! crate owns the byte layout of those records and nothing else: it is pure
 //! (no files, no clock), so the store, the broker core, the recovery scanner
 //! and the fuzzers all share one definition.
@@ -30,7 +31,10 @@ mod codec;
 mod types;
 
 pub use codec::{decode, encode, encoded_len, peek_len, DecodeError};
-pub use types::{AckRecord, DeliverRecord, Kind, MessageRecord, Payload, Record, RenewRecord};
+pub use types::{
+    AckRecord, DeliverRecord, FireRecord, Kind, MessageRecord, Payload, Record, RenewRecord,
+    TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
+};
 
 /// Bytes of the fixed record header.
 pub const HEADER_LEN: usize = 36;

@@ -10,6 +10,9 @@ pub enum Kind {
     Deliver = 2,
     Ack = 3,
     Renew = 4,
+    TxEnd = 5,
+    TxCheck = 6,
+    Fire = 7,
 }
 
 impl Kind {
@@ -19,6 +22,9 @@ impl Kind {
             2 => Some(Kind::Deliver),
             3 => Some(Kind::Ack),
             4 => Some(Kind::Renew),
+            5 => Some(Kind::TxEnd),
+            6 => Some(Kind::TxCheck),
+            7 => Some(Kind::Fire),
             _ => None,
         }
     }
@@ -42,6 +48,9 @@ pub enum Payload {
     Deliver(DeliverRecord),
     Ack(AckRecord),
     Renew(RenewRecord),
+    TxEnd(TxEndRecord),
+    TxCheck(TxCheckRecord),
+    Fire(FireRecord),
 }
 
 impl Payload {
@@ -51,6 +60,9 @@ impl Payload {
             Payload::Deliver(_) => Kind::Deliver,
             Payload::Ack(_) => Kind::Ack,
             Payload::Renew(_) => Kind::Renew,
+            Payload::TxEnd(_) => Kind::TxEnd,
+            Payload::TxCheck(_) => Kind::TxCheck,
+            Payload::Fire(_) => Kind::Fire,
         }
     }
 }
@@ -61,7 +73,10 @@ pub struct MessageRecord {
     pub topic: String,
     pub queue_id: u32,
     /// Position in its queue; recorded so recovery can tell a gap (a record
-    /// lost to damage) from the next message.
+    /// lost to damage) from the next message. Zero and meaningless for a
+    /// message that is not indexed on arrival (a half message, or one whose
+    /// delivery time lies ahead): its place is fixed later by the
+    /// [`TxEndRecord`] or [`FireRecord`] that indexes it.
     pub queue_offset: u64,
     pub message_id: String,
     /// RocketMQ `MessageType` number (NORMAL 1, FIFO 2, DELAY 3, TRANSACTION 4).
@@ -72,6 +87,10 @@ pub struct MessageRecord {
     pub keys: Vec<String>,
     pub message_group: Option<String>,
     pub delivery_timestamp_ms: Option<i64>,
+    /// Half messages only: how long after storing the broker should first
+    /// ask a producer about the transaction, as the producer requested
+    /// (already capped). `None` means the broker's default.
+    pub check_after_ms: Option<i64>,
     pub born_timestamp_ms: i64,
     pub born_host: String,
     pub properties: Vec<(String, String)>,
@@ -112,4 +131,87 @@ pub struct RenewRecord {
     pub queue_offset: u64,
     pub handle: u64,
     pub visible_at_ms: i64,
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TxOutcome {
+    Commit = 1,
+    Rollback = 2,
+    /// The broker gave up: no answer after the last check-back, or the half
+    /// message's segment was about to be deleted. Never delivered.
+    Discard = 3,
+}
+
+impl TxOutcome {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Commit),
+            2 => Some(Self::Rollback),
+            3 => Some(Self::Discard),
+            _ => None,
+        }
+    }
+}
+
+/// Who decided a transaction's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TxSource {
+    /// The producer, on its own (EndTransaction, source CLIENT).
+    Client = 1,
+    /// The producer, answering a check-back (source SERVER_CHECK).
+    ServerCheck = 2,
+    /// The broker, after the last check went unanswered.
+    CheckLimit = 3,
+}
+
+impl TxSource {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Client),
+            2 => Some(Self::ServerCheck),
+            3 => Some(Self::CheckLimit),
+            _ => None,
+        }
+    }
+}
+
+/// The final outcome of the transaction whose half message lies at
+/// `half_offset`. A commit indexes the half record itself (no copy): at
+/// `queue_offset` of its queue, or — when `queue_offset` is `None` — later,
+/// by a [`FireRecord`], because its delivery time still lay ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxEndRecord {
+    pub half_offset: u64,
+    pub topic: String,
+    pub message_id: String,
+    pub outcome: TxOutcome,
+    pub source: TxSource,
+    pub queue_id: u32,
+    pub queue_offset: Option<u64>,
+    /// Why, in words, for an operator reading the pending/discarded list.
+    pub reason: String,
+}
+
+/// The broker asked a producer about the transaction at `half_offset`; this
+/// was check number `checks`, and the next one is due at `next_check_ms`.
+/// Recorded so check counts survive a crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxCheckRecord {
+    pub half_offset: u64,
+    pub checks: u32,
+    pub next_check_ms: i64,
+}
+
+/// A message whose delivery time came (a delayed message, or a committed
+/// transactional one with a delivery time) is indexed at `queue_offset`;
+/// the index points at its original record at `message_offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FireRecord {
+    pub message_offset: u64,
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
 }

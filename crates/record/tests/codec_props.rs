@@ -29,6 +29,7 @@ fn message() -> impl Strategy<Value = Payload> {
             proptest::option::of(any::<i64>()),
             any::<i64>(),
             short_string(),
+            proptest::option::of(any::<i64>()),
         ),
         proptest::collection::vec((short_string(), short_string()), 0..5),
         proptest::collection::vec(any::<u8>(), 0..2048),
@@ -45,6 +46,7 @@ fn message() -> impl Strategy<Value = Payload> {
                 keys: b.1,
                 message_group: b.2,
                 delivery_timestamp_ms: b.3,
+                check_after_ms: b.6,
                 born_timestamp_ms: b.4,
                 born_host: b.5,
                 properties,
@@ -114,6 +116,57 @@ fn payload() -> impl Strategy<Value = Payload> {
                     })
                 }
             ),
+        (
+            any::<u64>(),
+            short_string(),
+            short_string(),
+            prop_oneof![
+                Just(TxOutcome::Commit),
+                Just(TxOutcome::Rollback),
+                Just(TxOutcome::Discard)
+            ],
+            prop_oneof![
+                Just(TxSource::Client),
+                Just(TxSource::ServerCheck),
+                Just(TxSource::CheckLimit)
+            ],
+            any::<u32>(),
+            proptest::option::of(any::<u64>()),
+            short_string(),
+        )
+            .prop_map(
+                |(half_offset, topic, message_id, outcome, source, queue_id, queue_offset, reason)| {
+                    Payload::TxEnd(TxEndRecord {
+                        half_offset,
+                        topic,
+                        message_id,
+                        outcome,
+                        source,
+                        queue_id,
+                        queue_offset,
+                        reason,
+                    })
+                }
+            ),
+        (any::<u64>(), any::<u32>(), any::<i64>()).prop_map(
+            |(half_offset, checks, next_check_ms)| {
+                Payload::TxCheck(TxCheckRecord {
+                    half_offset,
+                    checks,
+                    next_check_ms,
+                })
+            }
+        ),
+        (any::<u64>(), short_string(), any::<u32>(), any::<u64>()).prop_map(
+            |(message_offset, topic, queue_id, queue_offset)| {
+                Payload::Fire(FireRecord {
+                    message_offset,
+                    topic,
+                    queue_id,
+                    queue_offset,
+                })
+            }
+        ),
     ]
 }
 

@@ -20,6 +20,15 @@ pub struct Client {
 }
 
 impl Client {
+    /// Whether this client is a producer that announced `topic` in its
+    /// settings: the only kind that can answer a check-back for it.
+    pub fn publishes(&self, topic: &str) -> bool {
+        match &self.settings.pub_sub {
+            Some(pb::settings::PubSub::Publishing(p)) => p.topics.iter().any(|t| t.name == topic),
+            _ => false,
+        }
+    }
+
     pub fn language(&self) -> String {
         let lang = self
             .settings
@@ -86,6 +95,32 @@ impl Clients {
         if stream_id.is_none() || map.get(id).map(|c| c.stream_id) == stream_id {
             map.remove(id);
         }
+    }
+
+    /// A connected producer that declared `topic`, to send a check-back to.
+    /// `turn` rotates the choice so one producer does not take every check.
+    pub fn producer_for(
+        &self,
+        topic: &str,
+        turn: usize,
+    ) -> Option<mpsc::Sender<Result<pb::TelemetryCommand, Status>>> {
+        let map = self.lock();
+        let mut candidates: Vec<(&String, &Client)> = map
+            .iter()
+            .filter(|(_, c)| !c.commands.is_closed() && c.publishes(topic))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        candidates.sort_by(|a, b| a.0.cmp(b.0));
+        Some(candidates[turn % candidates.len()].1.commands.clone())
+    }
+
+    /// Whether any connected producer declared `topic`.
+    pub fn has_producer(&self, topic: &str) -> bool {
+        self.lock()
+            .values()
+            .any(|c| !c.commands.is_closed() && c.publishes(topic))
     }
 
     /// Forgets clients silent for longer than `idle`.

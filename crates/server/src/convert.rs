@@ -7,6 +7,8 @@ use ferry_proto::v2 as pb;
 use md5::{Digest as _, Md5};
 use prost_types::Timestamp;
 
+use ferry_record::MessageRecord;
+
 use crate::engine::Delivered;
 
 pub fn ts_to_ms(t: &Timestamp) -> i64 {
@@ -71,6 +73,11 @@ pub fn incoming(m: pb::Message) -> Result<Incoming, BrokerError> {
         keys: sp.keys,
         message_group: sp.message_group,
         delivery_timestamp_ms: sp.delivery_timestamp.as_ref().map(ts_to_ms),
+        // A malformed (negative) duration means "the broker's default".
+        check_after_ms: sp
+            .orphaned_transaction_recovery_duration
+            .as_ref()
+            .and_then(duration_ms),
         born_timestamp_ms: sp.born_timestamp.as_ref().map_or(0, ts_to_ms),
         born_host: sp.born_host,
         queue_id: u32::try_from(sp.queue_id).unwrap_or(0),
@@ -82,7 +89,27 @@ pub fn incoming(m: pb::Message) -> Result<Incoming, BrokerError> {
 
 /// Builds the wire message a consumer receives.
 pub fn outgoing(d: Delivered, topic: &str, store_host: &str, invisible_ms: i64) -> pb::Message {
-    let m = d.message;
+    let mut msg = stored_message(d.message, d.store_ms, topic, store_host);
+    if let Some(sp) = msg.system_properties.as_mut() {
+        sp.receipt_handle = Some(d.delivery.receipt_handle);
+        sp.queue_id = d.delivery.queue_id as i32;
+        sp.queue_offset = Some(d.delivery.queue_offset as i64);
+        sp.invisible_duration = Some(to_duration(Duration::from_millis(
+            invisible_ms.max(0) as u64
+        )));
+        sp.delivery_attempt = Some(d.delivery.attempt as i32);
+    }
+    msg
+}
+
+/// Builds the wire form of a stored message, without delivery details:
+/// what a check-back shows the producer.
+pub fn stored_message(
+    m: MessageRecord,
+    store_ms: i64,
+    topic: &str,
+    store_host: &str,
+) -> pb::Message {
     let digest = hex::encode_upper(Md5::digest(&m.body));
     let encoding = if m.body_encoding == 0 {
         pb::Encoding::Identity as i32
@@ -107,16 +134,10 @@ pub fn outgoing(d: Delivered, topic: &str, store_host: &str, invisible_ms: i64) 
             message_type: i32::from(m.message_type),
             born_timestamp: Some(ms_to_ts(m.born_timestamp_ms)),
             born_host: m.born_host,
-            store_timestamp: Some(ms_to_ts(d.store_ms)),
+            store_timestamp: Some(ms_to_ts(store_ms)),
             store_host: store_host.to_string(),
             delivery_timestamp: m.delivery_timestamp_ms.map(ms_to_ts),
-            receipt_handle: Some(d.delivery.receipt_handle),
-            queue_id: d.delivery.queue_id as i32,
-            queue_offset: Some(d.delivery.queue_offset as i64),
-            invisible_duration: Some(to_duration(Duration::from_millis(
-                invisible_ms.max(0) as u64
-            ))),
-            delivery_attempt: Some(d.delivery.attempt as i32),
+            queue_id: m.queue_id as i32,
             message_group: m.message_group,
             ..Default::default()
         }),

@@ -11,8 +11,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_broker::{Broker, BrokerError, Delivery, Filter, Incoming, ReceiveRequest};
-use ferry_record::{MessageRecord, Payload, Record};
+use ferry_broker::{
+    Broker, BrokerError, CheckOrder, Delivery, EndDecision, Filter, Incoming, MessageKind,
+    ReceiveRequest,
+};
+use ferry_record::{MessageRecord, Payload, Record, TxOutcome, TxSource};
 use ferry_store::{meta, Log, LogConfig, RecoveryReport, StoreError};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -47,7 +50,19 @@ struct TopicDef {
 pub struct Stored {
     pub message_id: String,
     pub queue_id: u32,
-    pub queue_offset: u64,
+    /// Queue offset, for messages indexed on arrival; `None` for a half
+    /// message or one waiting for its delivery time (placed later).
+    pub queue_offset: Option<u64>,
+    /// Half messages only: the id EndTransaction must name.
+    pub transaction_id: Option<String>,
+}
+
+/// A check-back ready to send: the order and the half message itself.
+#[derive(Debug, Clone)]
+pub struct CheckBack {
+    pub order: CheckOrder,
+    pub message: MessageRecord,
+    pub store_ms: i64,
 }
 
 /// A delivery with the message record read back from the log.
@@ -82,6 +97,9 @@ pub struct Engine {
     /// The core's limits, fixed at start: read on every request without
     /// taking the core lock.
     limits: ferry_broker::Limits,
+    transaction_config: ferry_broker::TransactionConfig,
+    /// Wakes the scheduler when a timer or a half message was added.
+    schedule_changed: Arc<Notify>,
 }
 
 pub fn now_ms() -> i64 {
@@ -153,6 +171,8 @@ impl Engine {
             retention: config.retention,
             retention_check: config.retention_check,
             limits: config.core.limits.clone(),
+            transaction_config: config.core.transactions.clone(),
+            schedule_changed: Arc::new(Notify::new()),
         };
         engine.save_topics()?;
         Ok(engine)
@@ -172,6 +192,14 @@ impl Engine {
 
     pub fn limits(&self) -> &ferry_broker::Limits {
         &self.limits
+    }
+
+    pub fn transaction_config(&self) -> &ferry_broker::TransactionConfig {
+        &self.transaction_config
+    }
+
+    pub fn schedule_changed(&self) -> Arc<Notify> {
+        self.schedule_changed.clone()
     }
 
     pub fn retention_interval(&self) -> Duration {
@@ -299,21 +327,42 @@ impl Engine {
         let now = now_ms();
         let (stored, end) = {
             let mut core = self.core();
+            if let Err((index, e)) = core.admit_batch(now, &batch) {
+                Metrics::add(&self.metrics.send_rejected, batch.len() as u64);
+                let reason = e.to_string();
+                return Err((0..batch.len())
+                    .map(|i| {
+                        if i == index {
+                            e.clone().into()
+                        } else {
+                            BrokerError::BatchRejected {
+                                index,
+                                reason: reason.clone(),
+                            }
+                            .into()
+                        }
+                    })
+                    .collect());
+            }
             let mut stored = Vec::with_capacity(batch.len());
             let mut end = 0;
             for m in &batch {
                 let rec = core.prepare_message(now, m).map_err(|e| vec![e.into()])?;
+                // Apply each before preparing the next: queue offsets advance.
+                let (offset, len) = self.log.append(&rec).map_err(|e| vec![e.into()])?;
+                core.apply(offset, len, &rec);
+                end = offset + len as u64;
                 if let Payload::Message(r) = &rec.payload {
+                    let is_half = m.kind == MessageKind::Transaction;
+                    let indexed = !is_half && !r.delivery_timestamp_ms.is_some_and(|t| t > now);
                     stored.push(Stored {
                         message_id: r.message_id.clone(),
                         queue_id: r.queue_id,
-                        queue_offset: r.queue_offset,
+                        queue_offset: indexed.then_some(r.queue_offset),
+                        transaction_id: is_half
+                            .then(|| ferry_broker::transaction::transaction_id(offset)),
                     });
                 }
-                // Apply each before preparing the next: queue offsets advance.
-                end = self
-                    .commit(&mut core, std::slice::from_ref(&rec))
-                    .map_err(|e| vec![e])?;
             }
             (stored, end)
         };
@@ -323,11 +372,18 @@ impl Engine {
             .map_err(|e| vec![e.into()])?;
         Metrics::add(&self.metrics.messages_stored, batch.len() as u64);
         Metrics::add(
+            &self.metrics.tx_half_stored,
+            stored.iter().filter(|s| s.transaction_id.is_some()).count() as u64,
+        );
+        Metrics::add(
             &self.metrics.bytes_stored,
             batch.iter().map(|m| m.body.len() as u64).sum(),
         );
         for t in topics {
             self.wake(t);
+        }
+        if stored.iter().any(|s| s.queue_offset.is_none()) {
+            self.schedule_changed.notify_waiters();
         }
         Ok(stored)
     }
@@ -471,8 +527,139 @@ impl Engine {
         Ok(handle)
     }
 
+    /// Ends a transaction. The first outcome is final and durable before
+    /// this returns; a repeat of it answers OK without a second effect.
+    pub async fn end_transaction(
+        &self,
+        topic: &str,
+        message_id: &str,
+        transaction_id: &str,
+        outcome: TxOutcome,
+        source: TxSource,
+    ) -> Result<EndDecision, EngineError> {
+        let (decision, end) = {
+            let mut core = self.core();
+            let decision = core
+                .plan_end_transaction(now_ms(), topic, message_id, transaction_id, outcome, source)
+                .inspect_err(|_| Metrics::add(&self.metrics.tx_end_refused, 1))?;
+            let end = match &decision {
+                EndDecision::Record(rec) => self.commit(&mut core, std::slice::from_ref(rec))?,
+                EndDecision::AlreadyEnded(_) => 0,
+            };
+            (decision, end)
+        };
+        match &decision {
+            EndDecision::Record(_) => {
+                self.log.wait_committed(end).await?;
+                let c = match outcome {
+                    TxOutcome::Commit => &self.metrics.tx_committed,
+                    _ => &self.metrics.tx_rolled_back,
+                };
+                Metrics::add(c, 1);
+                if outcome == TxOutcome::Commit {
+                    self.wake(topic);
+                    // A commit with a delivery time ahead became a timer.
+                    self.schedule_changed.notify_waiters();
+                }
+            }
+            EndDecision::AlreadyEnded(_) => Metrics::add(&self.metrics.tx_end_repeated, 1),
+        }
+        Ok(decision)
+    }
+
+    /// One round of check-backs: decides (at most `budget`), makes the check
+    /// counts and discards durable, then returns the checks to send with
+    /// their half messages. `producer_online` says whether a producer of a
+    /// topic is connected to ask.
+    pub async fn run_checks(
+        &self,
+        budget: usize,
+        producer_online: &mut (dyn FnMut(&str) -> bool + Send),
+    ) -> Result<Vec<CheckBack>, EngineError> {
+        let (plan, end) = {
+            let mut core = self.core();
+            let plan = core.plan_checks(now_ms(), budget, producer_online);
+            let end = self.commit(&mut core, &plan.records)?;
+            (plan, end)
+        };
+        if end > 0 {
+            self.log.wait_committed(end).await?;
+        }
+        Metrics::add(&self.metrics.tx_discarded, plan.discarded as u64);
+        Metrics::add(&self.metrics.tx_checks_deferred, plan.deferred as u64);
+        if plan.discarded > 0 {
+            warn!(
+                discarded = plan.discarded,
+                "transactions discarded after their last check-back went unanswered"
+            );
+        }
+        let mut out = Vec::with_capacity(plan.orders.len());
+        for order in plan.orders {
+            match self.log.read(order.half_offset, order.len) {
+                Ok(Record {
+                    timestamp_ms,
+                    payload: Payload::Message(m),
+                    ..
+                }) => out.push(CheckBack {
+                    order,
+                    message: m,
+                    store_ms: timestamp_ms,
+                }),
+                Ok(_) | Err(_) => {
+                    error!(offset = order.half_offset, transaction = %order.transaction_id,
+                        "half message unreadable; its check-back cannot be sent");
+                    Metrics::add(&self.metrics.corrupt_reads, 1);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the next check-back or timer is due, if any.
+    pub fn next_due(&self) -> Option<i64> {
+        let core = self.core();
+        match (core.transactions().next_due(), core.timers().next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Indexes every message whose delivery time has come (at most `max`),
+    /// durably, and wakes their consumers. Returns how many fired.
+    pub async fn fire_timers(&self, max: usize) -> Result<usize, EngineError> {
+        let now = now_ms();
+        let mut topics = Vec::new();
+        let end = {
+            let mut core = self.core();
+            let mut end = 0;
+            while topics.len() < max {
+                let Some(rec) = core.plan_fire(now) else {
+                    break;
+                };
+                if let Payload::Fire(f) = &rec.payload {
+                    topics.push(f.topic.clone());
+                }
+                end = self.commit(&mut core, std::slice::from_ref(&rec))?;
+            }
+            end
+        };
+        if end > 0 {
+            self.log.wait_committed(end).await?;
+        }
+        let fired = topics.len();
+        Metrics::add(&self.metrics.timers_fired, fired as u64);
+        topics.sort_unstable();
+        topics.dedup();
+        for t in topics {
+            self.wake(&t);
+        }
+        Ok(fired)
+    }
+
     /// Deletes segments the retention policy allows, after telling the logs
-    /// which groups lose messages they had not consumed.
+    /// which groups lose messages they had not consumed. A segment holding
+    /// a pending half message or a message waiting for its delivery time is
+    /// kept, and so is every later one.
     pub fn enforce_retention(&self) {
         let segments = self.log.segments();
         let stats: Vec<_> = segments
@@ -483,10 +670,16 @@ impl Engine {
                 last_write_ms: s.last_write_ms,
             })
             .collect();
+        let pinned = self.core().pinned_offset().unwrap_or(u64::MAX);
         for base in ferry_store::retention::expired(&stats, now_ms(), self.retention) {
             let Some(seg) = segments.iter().find(|s| s.base == base) else {
                 continue;
             };
+            if seg.end > pinned {
+                info!(segment = base, pinned,
+                    "retention keeps a segment that holds a pending transaction or timer");
+                break;
+            }
             let losses = self.core().prune_below(seg.end);
             for l in losses {
                 warn!(group = %l.group, topic = %l.topic, queue = l.queue_id, messages = l.messages,

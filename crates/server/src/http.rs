@@ -1,5 +1,5 @@
 //! The HTTP listener: health, readiness, Prometheus metrics and a small JSON
-//! admin API (topics, groups, clients, recovery report).
+//! admin API (topics, groups, clients, transactions, recovery report).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -34,6 +34,7 @@ pub fn router(engine: Arc<Engine>, clients: Arc<Clients>) -> Router {
         .route("/v1/groups", get(groups))
         .route("/v1/clients", get(clients_list))
         .route("/v1/recovery", get(recovery))
+        .route("/v1/transactions", get(transactions))
         .with_state(AppState { engine, clients })
 }
 
@@ -95,6 +96,38 @@ async fn groups(State(s): State<AppState>) -> Json<serde_json::Value> {
 
 async fn clients_list(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({ "clients": s.clients.list() }))
+}
+
+/// Most pending transactions listed in one answer (oldest first).
+const PENDING_LIST_MAX: usize = 1000;
+
+async fn transactions(State(s): State<AppState>) -> Json<serde_json::Value> {
+    s.engine.with_core(|c| {
+        let t = c.transactions();
+        Json(json!({
+            "pending_count": t.pending_len(),
+            "pending": t.pending().take(PENDING_LIST_MAX).map(|h| json!({
+                "transaction_id": ferry_broker::transaction::transaction_id(h.log_offset),
+                "topic": h.topic,
+                "message_id": h.message_id,
+                "queue_id": h.queue_id,
+                "message_group": h.message_group,
+                "delivery_timestamp_ms": h.delivery_ms,
+                "stored_ms": h.store_ms,
+                "checks": h.checks,
+                "next_check_ms": h.next_check_ms,
+            })).collect::<Vec<_>>(),
+            "recently_discarded": t.recent_discards().map(|r| json!({
+                "transaction_id": ferry_broker::transaction::transaction_id(r.half_offset),
+                "topic": r.topic,
+                "message_id": r.message_id,
+                "discarded_ms": r.at_ms,
+                "checks": r.checks,
+                "reason": r.reason,
+            })).collect::<Vec<_>>(),
+            "timers_pending": c.timers().len(),
+        }))
+    })
 }
 
 async fn recovery(State(s): State<AppState>) -> Json<serde_json::Value> {
@@ -168,6 +201,30 @@ async fn metrics(State(s): State<AppState>) -> Response {
         "ferry_corrupt_reads_total",
         "Records that failed their checksum on read.",
         Metrics::get(&m.corrupt_reads),
+    );
+    for (name, help, c) in [
+        ("ferry_tx_half_stored_total", "Half (transactional) messages durably stored.", &m.tx_half_stored),
+        ("ferry_tx_committed_total", "Transactions committed (by the producer or on check-back).", &m.tx_committed),
+        ("ferry_tx_rolled_back_total", "Transactions rolled back (by the producer or on check-back).", &m.tx_rolled_back),
+        ("ferry_tx_checks_sent_total", "Check-backs sent to producers.", &m.tx_checks_sent),
+        ("ferry_tx_checks_failed_total", "Check-backs that could not be handed to a producer's stream.", &m.tx_checks_failed),
+        ("ferry_tx_checks_deferred_total", "Check rounds postponed because no producer of the topic was connected.", &m.tx_checks_deferred),
+        ("ferry_tx_discarded_total", "Half messages discarded after the last check-back went unanswered.", &m.tx_discarded),
+        ("ferry_tx_end_repeated_total", "EndTransaction calls repeating an outcome already recorded (answered OK, no effect).", &m.tx_end_repeated),
+        ("ferry_tx_end_refused_total", "EndTransaction calls refused (unknown id, mismatch, or conflicting outcome).", &m.tx_end_refused),
+        ("ferry_timers_fired_total", "Messages indexed when their delivery time came.", &m.timers_fired),
+    ] {
+        counter(name, help, Metrics::get(c));
+    }
+    let (tx_pending, timers_pending) =
+        s.engine.with_core(|c| (c.transactions().pending_len(), c.timers().len()));
+    let _ = writeln!(
+        out,
+        "# HELP ferry_tx_pending Half messages waiting for their transaction outcome.\n# TYPE ferry_tx_pending gauge\nferry_tx_pending {tx_pending}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ferry_timers_pending Messages waiting for their delivery time.\n# TYPE ferry_timers_pending gauge\nferry_timers_pending {timers_pending}"
     );
     let progress = s.engine.log().progress();
     let _ = writeln!(

@@ -4,6 +4,7 @@
 //!   (`ferry-store`): it serialises decisions, appends their records, applies
 //!   them, and waits for durability before anything is acknowledged.
 //! * [`service`] is the `apache.rocketmq.v2.MessagingService` gRPC service.
+//! * [`checkback`] fires due timers and sends transaction check-backs.
 //! * [`clients`] keeps the settings each client announced over Telemetry.
 //! * [`convert`] translates between wire messages and core/log types.
 //! * [`status`] is the one place where errors become RocketMQ status codes.
@@ -11,6 +12,7 @@
 //!   admin API.
 //! * [`config`] holds every setting `ferry serve` accepts.
 
+pub mod checkback;
 pub mod clients;
 pub mod config;
 pub mod convert;
@@ -99,6 +101,16 @@ pub async fn run(
         })
     };
 
+    let scheduler = tokio::spawn(checkback::run(
+        engine.clone(),
+        clients.clone(),
+        config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| config.grpc_listen.clone()),
+        stop_rx.clone(),
+    ));
+
     let (g, h) = tokio::join!(grpc, http);
     if let Err(e) = g {
         error!(error = %e, "gRPC server stopped with an error");
@@ -107,6 +119,7 @@ pub async fn run(
         error!(error = %e, "HTTP server stopped with an error");
     }
     maintenance.abort();
+    scheduler.abort();
     engine.shutdown()?;
     info!("ferry stopped cleanly");
     Ok(())

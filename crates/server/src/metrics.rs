@@ -12,6 +12,16 @@ pub struct Metrics {
     pub acks: AtomicU64,
     pub invisibility_changes: AtomicU64,
     pub corrupt_reads: AtomicU64,
+    pub tx_half_stored: AtomicU64,
+    pub tx_committed: AtomicU64,
+    pub tx_rolled_back: AtomicU64,
+    pub tx_checks_sent: AtomicU64,
+    pub tx_checks_deferred: AtomicU64,
+    pub tx_checks_failed: AtomicU64,
+    pub tx_discarded: AtomicU64,
+    pub tx_end_repeated: AtomicU64,
+    pub tx_end_refused: AtomicU64,
+    pub timers_fired: AtomicU64,
 }
 
 impl Metrics {

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_broker::{BrokerError, Filter};
+use ferry_broker::{BrokerError, EndDecision, Filter};
+use ferry_record::{TxOutcome, TxSource};
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_server::{MessagingService, MessagingServiceServer};
 use pb::Code;
@@ -349,8 +350,9 @@ impl MessagingService for Service {
                 .map(|s| pb::SendResultEntry {
                     status: Some(status::ok()),
                     message_id: s.message_id,
-                    transaction_id: String::new(),
-                    offset: s.queue_offset as i64,
+                    transaction_id: s.transaction_id.unwrap_or_default(),
+                    // Not yet placed in a queue (half or delayed message).
+                    offset: s.queue_offset.map_or(0, |o| o as i64),
                     recall_handle: String::new(),
                 })
                 .collect(),
@@ -616,13 +618,54 @@ impl MessagingService for Service {
 
     async fn end_transaction(
         &self,
-        _request: Request<pb::EndTransactionRequest>,
+        request: Request<pb::EndTransactionRequest>,
     ) -> RpcResult<pb::EndTransactionResponse> {
-        Ok(Response::new(pb::EndTransactionResponse {
-            status: Some(broker_status(BrokerError::NotImplemented(
-                "transactional messages",
-            ))),
-        }))
+        let reply = |status| {
+            Ok(Response::new(pb::EndTransactionResponse {
+                status: Some(status),
+            }))
+        };
+        if let Err(s) = client_id(&request) {
+            return reply(s);
+        }
+        let req = request.into_inner();
+        let topic = name(&req.topic);
+        let source = match pb::TransactionSource::try_from(req.source) {
+            Ok(pb::TransactionSource::SourceServerCheck) => TxSource::ServerCheck,
+            _ => TxSource::Client,
+        };
+        let outcome = match pb::TransactionResolution::try_from(req.resolution) {
+            Ok(pb::TransactionResolution::Commit) => TxOutcome::Commit,
+            Ok(pb::TransactionResolution::Rollback) => TxOutcome::Rollback,
+            _ if source == TxSource::ServerCheck => {
+                // The producer's checker does not know yet: nothing to do,
+                // the broker asks again at the next interval.
+                debug!(transaction = %req.transaction_id, "check answered with an unknown outcome");
+                return reply(status::ok());
+            }
+            _ => {
+                return reply(broker_status(BrokerError::BadRequest(format!(
+                    "resolution must be COMMIT or ROLLBACK, not {}",
+                    req.resolution
+                ))))
+            }
+        };
+        match self
+            .engine
+            .end_transaction(&topic, &req.message_id, &req.transaction_id, outcome, source)
+            .await
+        {
+            Ok(EndDecision::Record(_)) => reply(status::ok()),
+            Ok(EndDecision::AlreadyEnded(_)) => reply(pb::Status {
+                code: pb::Code::Ok as i32,
+                message: "OK (the transaction had already ended this way; nothing changed)"
+                    .into(),
+            }),
+            Err(e) => {
+                debug!(transaction = %req.transaction_id, error = %e, "end transaction refused");
+                reply(status::from_error(&e))
+            }
+        }
     }
 
     type TelemetryStream = BoxStream<pb::TelemetryCommand>;

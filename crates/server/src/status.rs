@@ -35,6 +35,8 @@ fn broker_code(e: &BrokerError) -> Code {
         B::IllegalPollingTime(_) => Code::IllegalPollingTime,
         B::InvalidReceiptHandle(_) => Code::InvalidReceiptHandle,
         B::BadRequest(_) | B::BatchRejected { .. } => Code::BadRequest,
+        B::InvalidTransactionId(_) => Code::InvalidTransactionId,
+        B::TransactionConflict(_) => Code::PreconditionFailed,
         B::LimitReached(_) => Code::TooManyRequests,
     }
 }

@@ -25,6 +25,7 @@ fn msg(i: u64, body_len: usize) -> Record {
             keys: vec![format!("k{i}")],
             message_group: None,
             delivery_timestamp_ms: None,
+            check_after_ms: None,
             born_timestamp_ms: 1,
             born_host: "h".into(),
             properties: vec![("p".into(), "v".into())],

@@ -1,0 +1,68 @@
+//! Messages waiting for their delivery time.
+//!
+//! A delayed message (or a committed transactional one with a delivery time
+//! ahead) is not indexed when it is stored. It waits here, keyed by the log
+//! offset of its record, until a `Fire` record indexes it; the index then
+//! points at the original record, so firing never copies the body.
+//!
+//! Invariant: `schedule` holds exactly one `(due_ms, offset)` per timer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    pub log_offset: u64,
+    pub len: u32,
+    pub topic: String,
+    pub queue_id: u32,
+    pub tag: Option<String>,
+    pub store_ms: i64,
+    pub due_ms: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Timers {
+    timers: BTreeMap<u64, Timer>,
+    schedule: BTreeSet<(i64, u64)>,
+}
+
+impl Timers {
+    pub fn len(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.timers.is_empty()
+    }
+
+    pub fn add(&mut self, t: Timer) {
+        self.schedule.insert((t.due_ms, t.log_offset));
+        if let Some(old) = self.timers.insert(t.log_offset, t) {
+            self.schedule.remove(&(old.due_ms, old.log_offset));
+        }
+    }
+
+    pub fn remove(&mut self, offset: u64) -> Option<Timer> {
+        let t = self.timers.remove(&offset)?;
+        self.schedule.remove(&(t.due_ms, offset));
+        Some(t)
+    }
+
+    /// The earliest timer, if it is due at `now_ms`.
+    pub fn first_due(&self, now_ms: i64) -> Option<&Timer> {
+        let &(due, off) = self.schedule.iter().next()?;
+        if due > now_ms {
+            return None;
+        }
+        self.timers.get(&off)
+    }
+
+    pub fn next_due(&self) -> Option<i64> {
+        self.schedule.iter().next().map(|(t, _)| *t)
+    }
+
+    /// Lowest log offset still waiting: retention must keep it.
+    pub fn lowest_offset(&self) -> Option<u64> {
+        self.timers.keys().next().copied()
+    }
+}

@@ -1,0 +1,118 @@
+//! The scheduler task: fires due timers and sends transaction check-backs.
+//!
+//! It sleeps until the core's next deadline (a timer or a check), or until
+//! the engine says the schedule changed. Check-backs go out over the
+//! Telemetry stream of a connected producer of the topic, at most
+//! `max_checks_per_second`, and never wait on a slow client: a full or
+//! closed stream loses that one check (it is counted, and the next interval
+//! asks again), it does not hold up the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::v2 as pb;
+use tokio::sync::watch;
+use tracing::{debug, error, warn};
+
+use crate::clients::Clients;
+use crate::convert;
+use crate::engine::{now_ms, Engine};
+use crate::metrics::Metrics;
+
+/// Longest sleep between looks, so a clock jump cannot strand the schedule.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Most timers fired in one pass; the pass repeats at once if more are due.
+const FIRE_BATCH: usize = 4096;
+
+pub async fn run(
+    engine: Arc<Engine>,
+    clients: Arc<Clients>,
+    store_host: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let per_second = engine.transaction_config().max_checks_per_second.max(1) as f64;
+    let mut tokens = per_second;
+    let mut last = tokio::time::Instant::now();
+    let mut turn = 0usize;
+    loop {
+        let changed = engine.schedule_changed();
+        let changed = changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+
+        let fired = match engine.fire_timers(FIRE_BATCH).await {
+            Ok(n) => n,
+            Err(e) => {
+                error!(error = %e, "firing timers failed");
+                0
+            }
+        };
+
+        let now = tokio::time::Instant::now();
+        tokens = (tokens + per_second * now.duration_since(last).as_secs_f64()).min(per_second);
+        last = now;
+        let budget = tokens as usize;
+        if budget > 0 {
+            let mut online = |topic: &str| clients.has_producer(topic);
+            match engine.run_checks(budget, &mut online).await {
+                Ok(checks) => {
+                    tokens -= checks.len() as f64;
+                    for cb in checks {
+                        turn = turn.wrapping_add(1);
+                        let topic = cb.order.topic.clone();
+                        let Some(tx) = clients.producer_for(&topic, turn) else {
+                            warn!(%topic, transaction = %cb.order.transaction_id,
+                                "producer went away before its check-back was sent");
+                            continue;
+                        };
+                        let cmd = pb::TelemetryCommand {
+                            status: None,
+                            command: Some(
+                                pb::telemetry_command::Command::RecoverOrphanedTransactionCommand(
+                                    pb::RecoverOrphanedTransactionCommand {
+                                        message: Some(convert::stored_message(
+                                            cb.message,
+                                            cb.store_ms,
+                                            &topic,
+                                            &store_host,
+                                        )),
+                                        transaction_id: cb.order.transaction_id.clone(),
+                                    },
+                                ),
+                            ),
+                        };
+                        match tx.try_send(Ok(cmd)) {
+                            Ok(()) => {
+                                Metrics::add(&engine.metrics.tx_checks_sent, 1);
+                                debug!(%topic, transaction = %cb.order.transaction_id,
+                                    check = cb.order.check, "check-back sent");
+                            }
+                            Err(e) => {
+                                Metrics::add(&engine.metrics.tx_checks_failed, 1);
+                                warn!(%topic, transaction = %cb.order.transaction_id, error = %e,
+                                    "check-back could not be sent; the next interval asks again");
+                            }
+                        }
+                    }
+                }
+                Err(e) => error!(error = %e, "transaction check round failed"),
+            }
+        }
+        if fired >= FIRE_BATCH {
+            continue;
+        }
+        let mut sleep = MAX_SLEEP;
+        if let Some(due) = engine.next_due() {
+            let ms = (due - now_ms()).max(0) as u64;
+            sleep = sleep.min(Duration::from_millis(ms));
+        }
+        if tokens < 1.0 {
+            sleep = sleep.max(Duration::from_millis(10));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = &mut changed => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
