@@ -220,11 +220,7 @@ impl Broker {
     /// leaves part of a batch behind: topics exist, delivery times are in
     /// range, and the pending tables have room for all of it. Returns the
     /// index of the first refused message with the reason.
-    pub fn admit_batch(
-        &self,
-        now_ms: i64,
-        batch: &[Incoming],
-    ) -> Result<(), (usize, BrokerError)> {
+    pub fn admit_batch(&self, now_ms: i64, batch: &[Incoming]) -> Result<(), (usize, BrokerError)> {
         let limits = &self.config.limits;
         let mut halves = self.transactions.pending_len();
         let mut timers = self.timers.len();
@@ -398,10 +394,7 @@ impl Broker {
     }
 
     fn apply_tx_end(&mut self, ready_at: u64, now_ms: i64, t: &TxEndRecord) {
-        let checks = self
-            .transactions
-            .get(t.half_offset)
-            .map_or(0, |h| h.checks);
+        let checks = self.transactions.get(t.half_offset).map_or(0, |h| h.checks);
         let half = self.transactions.end(Resolved {
             half_offset: t.half_offset,
             topic: t.topic.clone(),
@@ -1032,8 +1025,10 @@ impl Broker {
             }
             if !producer_online(&h.topic) {
                 plan.deferred += 1;
-                self.transactions
-                    .defer(h.log_offset, now_ms.saturating_add(cfg.no_producer_retry_ms));
+                self.transactions.defer(
+                    h.log_offset,
+                    now_ms.saturating_add(cfg.no_producer_retry_ms),
+                );
                 continue;
             }
             let check = h.checks + 1;

@@ -25,7 +25,6 @@ impl Entry {
     pub fn is_lost(&self) -> bool {
         self.log_offset == Self::LOST
     }
-
 }
 
 #[derive(Debug, Default)]

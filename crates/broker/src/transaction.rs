@@ -114,7 +114,11 @@ impl Transactions {
 
     pub fn add(&mut self, half: HalfMessage) {
         if self.resolved.contains_key(&half.log_offset) {
-            debug_assert!(false, "half message at {} already resolved", half.log_offset);
+            debug_assert!(
+                false,
+                "half message at {} already resolved",
+                half.log_offset
+            );
             return;
         }
         self.schedule.insert((half.next_check_ms, half.log_offset));

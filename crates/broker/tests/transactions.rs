@@ -89,12 +89,23 @@ fn a_half_message_is_invisible_until_committed_and_commit_copies_nothing() {
     assert!(!tx.is_empty());
     assert!(drain(&mut h, T0 + 10).is_empty());
     assert_eq!(h.core.transactions().pending_len(), 1);
-    let d = end(&mut h, T0 + 20, "m1", &tx, TxOutcome::Commit, TxSource::Client).unwrap();
+    let d = end(
+        &mut h,
+        T0 + 20,
+        "m1",
+        &tx,
+        TxOutcome::Commit,
+        TxSource::Client,
+    )
+    .unwrap();
     assert!(matches!(d, EndDecision::Record(_)));
     // The index points at the half record itself: one message record.
     let got = h.receive(T0 + 30, "g", &Filter::All, 32, 60_000);
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].log_offset, transaction::parse_transaction_id(&tx).unwrap());
+    assert_eq!(
+        got[0].log_offset,
+        transaction::parse_transaction_id(&tx).unwrap()
+    );
     assert_eq!(message_records(&h), 1);
     assert_eq!(h.core.transactions().pending_len(), 0);
 }
@@ -141,7 +152,14 @@ fn repeated_conflicting_and_unknown_ends() {
     let records = h.log.len();
     for _ in 0..2 {
         assert_eq!(
-            end(&mut h, T0, "m1", &tx, TxOutcome::Commit, TxSource::ServerCheck),
+            end(
+                &mut h,
+                T0,
+                "m1",
+                &tx,
+                TxOutcome::Commit,
+                TxSource::ServerCheck
+            ),
             Ok(EndDecision::AlreadyEnded(TxOutcome::Commit))
         );
         assert!(matches!(
@@ -161,7 +179,8 @@ fn repeated_conflicting_and_unknown_ends() {
     let tx2 = half(&mut h, T0, "m2");
     for (topic, id) in [("t", "other"), ("u", "m2")] {
         assert!(matches!(
-            h.core.plan_end_transaction(T0, topic, id, &tx2, TxOutcome::Commit, TxSource::Client),
+            h.core
+                .plan_end_transaction(T0, topic, id, &tx2, TxOutcome::Commit, TxSource::Client),
             Err(BrokerError::InvalidTransactionId(_))
         ));
     }
@@ -200,11 +219,25 @@ fn check_back_schedule_counts_and_discard() {
     assert!(d[0].reason.contains("2 check-backs"), "{}", d[0].reason);
     // A late commit is refused; a rollback agrees with the discard.
     assert!(matches!(
-        end(&mut h, T0 + 4_000, "m1", &tx, TxOutcome::Commit, TxSource::ServerCheck),
+        end(
+            &mut h,
+            T0 + 4_000,
+            "m1",
+            &tx,
+            TxOutcome::Commit,
+            TxSource::ServerCheck
+        ),
         Err(BrokerError::TransactionConflict(_))
     ));
     assert_eq!(
-        end(&mut h, T0 + 4_000, "m1", &tx, TxOutcome::Rollback, TxSource::ServerCheck),
+        end(
+            &mut h,
+            T0 + 4_000,
+            "m1",
+            &tx,
+            TxOutcome::Rollback,
+            TxSource::ServerCheck
+        ),
         Ok(EndDecision::AlreadyEnded(TxOutcome::Discard))
     );
     h.crash_and_recover();
@@ -223,7 +256,13 @@ fn check_rounds_respect_their_budget() {
     for rec in std::mem::take(&mut plan.records) {
         h.commit(rec);
     }
-    assert_eq!(h.core.plan_checks(T0 + 1_000, 100, &mut |_| true).orders.len(), 7);
+    assert_eq!(
+        h.core
+            .plan_checks(T0 + 1_000, 100, &mut |_| true)
+            .orders
+            .len(),
+        7
+    );
 }
 
 #[test]
@@ -305,7 +344,14 @@ fn permutations(items: &[Event]) -> Vec<Vec<Event>> {
 #[test]
 fn every_ordering_keeps_the_first_accepted_outcome() {
     use Event::*;
-    let all = [EndCommit, EndRollback, CheckSent, CheckAnswered, Timeout, Crash];
+    let all = [
+        EndCommit,
+        EndRollback,
+        CheckSent,
+        CheckAnswered,
+        Timeout,
+        Crash,
+    ];
     let orderings = permutations(&all);
     assert_eq!(orderings.len(), 720);
     for order in orderings {
@@ -323,7 +369,10 @@ fn every_ordering_keeps_the_first_accepted_outcome() {
                     now += 1_000;
                     let p = checks(&mut h, now, true);
                     if first.is_some() {
-                        assert!(p.orders.is_empty(), "{order:?}: resolved transaction checked");
+                        assert!(
+                            p.orders.is_empty(),
+                            "{order:?}: resolved transaction checked"
+                        );
                     }
                     if p.discarded > 0 {
                         first = Some(TxOutcome::Discard);
@@ -353,7 +402,10 @@ fn every_ordering_keeps_the_first_accepted_outcome() {
             let got = end(&mut h, now, "m", &tx, outcome, source);
             match first {
                 None => {
-                    assert!(matches!(got, Ok(EndDecision::Record(_))), "{order:?}: {got:?}");
+                    assert!(
+                        matches!(got, Ok(EndDecision::Record(_))),
+                        "{order:?}: {got:?}"
+                    );
                     first = Some(outcome);
                 }
                 Some(f)
@@ -427,7 +479,15 @@ fn a_committed_transaction_with_a_delivery_time_fires_then() {
     m.delivery_timestamp_ms = Some(T0 + 5_000);
     let at = h.store(T0, &m);
     let tx = transaction::transaction_id(at);
-    end(&mut h, T0 + 100, "m", &tx, TxOutcome::Commit, TxSource::Client).unwrap();
+    end(
+        &mut h,
+        T0 + 100,
+        "m",
+        &tx,
+        TxOutcome::Commit,
+        TxSource::Client,
+    )
+    .unwrap();
     assert!(drain(&mut h, T0 + 200).is_empty());
     assert_eq!(h.core.timers().len(), 1);
     h.crash_and_recover();
@@ -439,7 +499,15 @@ fn a_committed_transaction_with_a_delivery_time_fires_then() {
     m.kind = MessageKind::Transaction;
     m.delivery_timestamp_ms = Some(T0 + 6_000);
     let tx = transaction::transaction_id(h.store(T0 + 5_000, &m));
-    end(&mut h, T0 + 7_000, "m2", &tx, TxOutcome::Commit, TxSource::Client).unwrap();
+    end(
+        &mut h,
+        T0 + 7_000,
+        "m2",
+        &tx,
+        TxOutcome::Commit,
+        TxSource::Client,
+    )
+    .unwrap();
     assert_eq!(drain(&mut h, T0 + 7_000), ["m2"]);
 }
 

@@ -135,7 +135,16 @@ fn payload() -> impl Strategy<Value = Payload> {
             short_string(),
         )
             .prop_map(
-                |(half_offset, topic, message_id, outcome, source, queue_id, queue_offset, reason)| {
+                |(
+                    half_offset,
+                    topic,
+                    message_id,
+                    outcome,
+                    source,
+                    queue_id,
+                    queue_offset,
+                    reason,
+                )| {
                     Payload::TxEnd(TxEndRecord {
                         half_offset,
                         topic,

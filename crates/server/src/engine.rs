@@ -676,8 +676,10 @@ impl Engine {
                 continue;
             };
             if seg.end > pinned {
-                info!(segment = base, pinned,
-                    "retention keeps a segment that holds a pending transaction or timer");
+                info!(
+                    segment = base,
+                    pinned, "retention keeps a segment that holds a pending transaction or timer"
+                );
                 break;
             }
             let losses = self.core().prune_below(seg.end);

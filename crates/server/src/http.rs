@@ -203,21 +203,62 @@ async fn metrics(State(s): State<AppState>) -> Response {
         Metrics::get(&m.corrupt_reads),
     );
     for (name, help, c) in [
-        ("ferry_tx_half_stored_total", "Half (transactional) messages durably stored.", &m.tx_half_stored),
-        ("ferry_tx_committed_total", "Transactions committed (by the producer or on check-back).", &m.tx_committed),
-        ("ferry_tx_rolled_back_total", "Transactions rolled back (by the producer or on check-back).", &m.tx_rolled_back),
-        ("ferry_tx_checks_sent_total", "Check-backs sent to producers.", &m.tx_checks_sent),
-        ("ferry_tx_checks_failed_total", "Check-backs that could not be handed to a producer's stream.", &m.tx_checks_failed),
-        ("ferry_tx_checks_deferred_total", "Check rounds postponed because no producer of the topic was connected.", &m.tx_checks_deferred),
-        ("ferry_tx_discarded_total", "Half messages discarded after the last check-back went unanswered.", &m.tx_discarded),
-        ("ferry_tx_end_repeated_total", "EndTransaction calls repeating an outcome already recorded (answered OK, no effect).", &m.tx_end_repeated),
-        ("ferry_tx_end_refused_total", "EndTransaction calls refused (unknown id, mismatch, or conflicting outcome).", &m.tx_end_refused),
-        ("ferry_timers_fired_total", "Messages indexed when their delivery time came.", &m.timers_fired),
+        (
+            "ferry_tx_half_stored_total",
+            "Half (transactional) messages durably stored.",
+            &m.tx_half_stored,
+        ),
+        (
+            "ferry_tx_committed_total",
+            "Transactions committed (by the producer or on check-back).",
+            &m.tx_committed,
+        ),
+        (
+            "ferry_tx_rolled_back_total",
+            "Transactions rolled back (by the producer or on check-back).",
+            &m.tx_rolled_back,
+        ),
+        (
+            "ferry_tx_checks_sent_total",
+            "Check-backs sent to producers.",
+            &m.tx_checks_sent,
+        ),
+        (
+            "ferry_tx_checks_failed_total",
+            "Check-backs that could not be handed to a producer's stream.",
+            &m.tx_checks_failed,
+        ),
+        (
+            "ferry_tx_checks_deferred_total",
+            "Check rounds postponed because no producer of the topic was connected.",
+            &m.tx_checks_deferred,
+        ),
+        (
+            "ferry_tx_discarded_total",
+            "Half messages discarded after the last check-back went unanswered.",
+            &m.tx_discarded,
+        ),
+        (
+            "ferry_tx_end_repeated_total",
+            "EndTransaction calls repeating an outcome already recorded (answered OK, no effect).",
+            &m.tx_end_repeated,
+        ),
+        (
+            "ferry_tx_end_refused_total",
+            "EndTransaction calls refused (unknown id, mismatch, or conflicting outcome).",
+            &m.tx_end_refused,
+        ),
+        (
+            "ferry_timers_fired_total",
+            "Messages indexed when their delivery time came.",
+            &m.timers_fired,
+        ),
     ] {
         counter(name, help, Metrics::get(c));
     }
-    let (tx_pending, timers_pending) =
-        s.engine.with_core(|c| (c.transactions().pending_len(), c.timers().len()));
+    let (tx_pending, timers_pending) = s
+        .engine
+        .with_core(|c| (c.transactions().pending_len(), c.timers().len()));
     let _ = writeln!(
         out,
         "# HELP ferry_tx_pending Half messages waiting for their transaction outcome.\n# TYPE ferry_tx_pending gauge\nferry_tx_pending {tx_pending}"

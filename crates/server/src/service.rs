@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_broker::{BrokerError, EndDecision, Filter};
-use ferry_record::{TxOutcome, TxSource};
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_server::{MessagingService, MessagingServiceServer};
+use ferry_record::{TxOutcome, TxSource};
 use pb::Code;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -652,14 +652,19 @@ impl MessagingService for Service {
         };
         match self
             .engine
-            .end_transaction(&topic, &req.message_id, &req.transaction_id, outcome, source)
+            .end_transaction(
+                &topic,
+                &req.message_id,
+                &req.transaction_id,
+                outcome,
+                source,
+            )
             .await
         {
             Ok(EndDecision::Record(_)) => reply(status::ok()),
             Ok(EndDecision::AlreadyEnded(_)) => reply(pb::Status {
                 code: pb::Code::Ok as i32,
-                message: "OK (the transaction had already ended this way; nothing changed)"
-                    .into(),
+                message: "OK (the transaction had already ended this way; nothing changed)".into(),
             }),
             Err(e) => {
                 debug!(transaction = %req.transaction_id, error = %e, "end transaction refused");

@@ -19,6 +19,13 @@ fn free_port() -> u16 {
 }
 
 async fn start(dir: &std::path::Path) -> MessagingServiceClient<Channel> {
+    start_with(dir, |_| {}).await
+}
+
+async fn start_with(
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut ferry_server::ServerConfig),
+) -> MessagingServiceClient<Channel> {
     let port = free_port();
     let mut config = ferry_server::ServerConfig {
         data_dir: dir.to_path_buf(),
@@ -29,6 +36,7 @@ async fn start(dir: &std::path::Path) -> MessagingServiceClient<Channel> {
     };
     config.core.limits.max_body_bytes = 4096;
     config.core.limits.max_batch_messages = 3;
+    tune(&mut config);
     tokio::spawn(ferry_server::run(config, std::future::pending()));
     let endpoint = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
     for _ in 0..200 {
@@ -89,8 +97,8 @@ async fn receive_all(
                 nanos: 0,
             }),
             long_polling_timeout: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: poll_ms * 1_000_000,
+                seconds: i64::from(poll_ms / 1000),
+                nanos: (poll_ms % 1000) * 1_000_000,
             }),
             ..Default::default()
         }))
@@ -161,11 +169,15 @@ async fn refusals_carry_precise_codes_and_store_nothing() {
         (
             {
                 let mut m = msg("t", "m7", b"x");
-                m.system_properties.as_mut().unwrap().message_type =
-                    pb::MessageType::Transaction as i32;
+                let sp = m.system_properties.as_mut().unwrap();
+                sp.message_type = pb::MessageType::Delay as i32;
+                sp.delivery_timestamp = Some(prost_types::Timestamp {
+                    seconds: 4_000_000_000,
+                    nanos: 0,
+                });
                 m
             },
-            Code::NotImplemented,
+            Code::IllegalDeliveryTime,
         ),
     ];
     for (m, want) in cases {
@@ -293,11 +305,21 @@ async fn refusals_carry_precise_codes_and_store_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     let r = c
+        .end_transaction(req(pb::EndTransactionRequest {
+            resolution: pb::TransactionResolution::Commit as i32,
+            transaction_id: "nope".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::InvalidTransactionId);
+    let r = c
         .end_transaction(req(pb::EndTransactionRequest::default()))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(code(&r.status), Code::NotImplemented);
+    assert_eq!(code(&r.status), Code::BadRequest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,4 +375,192 @@ async fn telemetry_settings_exchange() {
     let mut inbound = c.telemetry(req(bad)).await.unwrap().into_inner();
     let err = inbound.message().await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+fn end_req(
+    topic: &str,
+    id: &str,
+    tx: &str,
+    resolution: pb::TransactionResolution,
+    source: pb::TransactionSource,
+) -> Request<pb::EndTransactionRequest> {
+    req(pb::EndTransactionRequest {
+        topic: res(topic),
+        message_id: id.into(),
+        transaction_id: tx.into(),
+        resolution: resolution as i32,
+        source: source as i32,
+        trace_context: String::new(),
+    })
+}
+
+async fn send_tx(c: &mut MessagingServiceClient<Channel>, topic: &str, id: &str) -> String {
+    let mut m = msg(topic, id, b"order paid");
+    m.system_properties.as_mut().unwrap().message_type = pb::MessageType::Transaction as i32;
+    let r = c
+        .send_message(req(pb::SendMessageRequest { messages: vec![m] }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    let tx = r.entries[0].transaction_id.clone();
+    assert!(!tx.is_empty(), "a half message gets a transaction id");
+    tx
+}
+
+fn ids(items: &[pb::receive_message_response::Content]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|c| match c {
+            pb::receive_message_response::Content::Message(m) => {
+                Some(m.system_properties.as_ref().unwrap().message_id.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_end_and_check_back_over_grpc() {
+    use pb::{TransactionResolution as R, TransactionSource as S};
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = start_with(dir.path(), |cfg| {
+        cfg.core.transactions.check_after_ms = 300;
+        cfg.core.transactions.check_interval_ms = 400;
+        cfg.core.transactions.max_checks = 1;
+    })
+    .await;
+
+    // Commit: invisible before, delivered once after; repeats are harmless.
+    let tx = send_tx(&mut c, "tt", "a").await;
+    assert!(ids(&receive_all(&mut c, "tt", 100).await).is_empty());
+    let r = c
+        .end_transaction(end_req("tt", "a", &tx, R::Commit, S::SourceClient))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+    let r = c
+        .end_transaction(end_req("tt", "a", &tx, R::Commit, S::SourceClient))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+    let r = c
+        .end_transaction(end_req("tt", "a", &tx, R::Rollback, S::SourceClient))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::PreconditionFailed);
+    assert!(r.status.unwrap().message.contains("committed"));
+    let r = c
+        .end_transaction(end_req("tt", "zzz", &tx, R::Commit, S::SourceClient))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::InvalidTransactionId);
+    assert_eq!(ids(&receive_all(&mut c, "tt", 500).await), ["a"]);
+
+    // Rollback: never delivered.
+    let tx = send_tx(&mut c, "tt", "b").await;
+    let r = c
+        .end_transaction(end_req("tt", "b", &tx, R::Rollback, S::SourceClient))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+
+    // Check-back: a producer of the topic is asked over its Telemetry
+    // stream, and its answer decides.
+    let settings = pb::Settings {
+        client_type: Some(pb::ClientType::Producer as i32),
+        pub_sub: Some(pb::settings::PubSub::Publishing(pb::Publishing {
+            topics: vec![res("tt").unwrap()],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let outbound = tokio_stream::iter(vec![pb::TelemetryCommand {
+        status: None,
+        command: Some(pb::telemetry_command::Command::Settings(settings)),
+    }])
+    .chain(tokio_stream::pending());
+    let mut inbound = c.telemetry(req(outbound)).await.unwrap().into_inner();
+    inbound.message().await.unwrap().unwrap(); // the settings reply
+    let tx = send_tx(&mut c, "tt", "c").await;
+    let cmd = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("a check-back arrives")
+        .unwrap()
+        .unwrap();
+    let Some(pb::telemetry_command::Command::RecoverOrphanedTransactionCommand(rec)) = cmd.command
+    else {
+        panic!("expected a check-back, got {cmd:?}")
+    };
+    assert_eq!(rec.transaction_id, tx);
+    let m = rec.message.unwrap();
+    assert_eq!(m.system_properties.as_ref().unwrap().message_id, "c");
+    assert_eq!(&m.body[..], b"order paid");
+    let r = c
+        .end_transaction(end_req("tt", "c", &tx, R::Commit, S::SourceServerCheck))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+    assert_eq!(ids(&receive_all(&mut c, "tt", 500).await), ["c"]);
+
+    // Unanswered: after its one check the half message is discarded, and a
+    // late commit is refused.
+    let tx = send_tx(&mut c, "tt", "d").await;
+    let cmd = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        cmd.command,
+        Some(pb::telemetry_command::Command::RecoverOrphanedTransactionCommand(_))
+    ));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let r = c
+        .end_transaction(end_req("tt", "d", &tx, R::Commit, S::SourceServerCheck))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::PreconditionFailed);
+    assert!(r.status.unwrap().message.contains("discarded"));
+    assert!(ids(&receive_all(&mut c, "tt", 200).await).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_are_never_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = start(dir.path()).await;
+    let due = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 800;
+    let mut m = msg("dt", "later", b"x");
+    let sp = m.system_properties.as_mut().unwrap();
+    sp.message_type = pb::MessageType::Delay as i32;
+    sp.delivery_timestamp = Some(prost_types::Timestamp {
+        seconds: due / 1000,
+        nanos: ((due % 1000) * 1_000_000) as i32,
+    });
+    let r = c
+        .send_message(req(pb::SendMessageRequest { messages: vec![m] }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+    assert!(ids(&receive_all(&mut c, "dt", 300).await).is_empty());
+    // A long poll started before the time is woken when it comes.
+    assert_eq!(ids(&receive_all(&mut c, "dt", 3000).await), ["later"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(now >= due, "delivered {} ms early", due - now);
 }
