@@ -43,7 +43,8 @@ def free_port():
 
 
 class Broker:
-    def __init__(self):
+    def __init__(self, extra_args=()):
+        self.extra_args = list(extra_args)
         self.dir = tempfile.mkdtemp(prefix="ferry-conformance-")
         self.grpc = free_port()
         self.http = free_port()
@@ -54,7 +55,7 @@ class Broker:
         self.proc = subprocess.Popen(
             [FERRY, "serve", "--data-dir", os.path.join(self.dir, "data"),
              "--grpc-listen", f"127.0.0.1:{self.grpc}",
-             "--http-listen", f"127.0.0.1:{self.http}"],
+             "--http-listen", f"127.0.0.1:{self.http}"] + self.extra_args,
             stdout=self.log, stderr=self.log)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -81,6 +82,10 @@ class Broker:
                 raise SystemExit("broker did not stop on SIGTERM within 20 s")
             if self.proc.returncode != 0:
                 raise SystemExit(f"broker exited with {self.proc.returncode} on SIGTERM")
+
+    def get_json(self, path):
+        import json
+        return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5).read())
 
     def metrics(self):
         return urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5).read().decode()

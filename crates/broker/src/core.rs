@@ -125,7 +125,7 @@ type GroupState = BTreeMap<(String, u32), GroupQueue>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndDecision {
     /// A first outcome: append this record, apply it, answer once durable.
-    Record(Record),
+    Record(Box<Record>),
     /// The transaction already ended compatibly with what was asked (a
     /// repeat, or a rollback of a discarded one): answer OK, change nothing.
     AlreadyEnded(TxOutcome),
@@ -936,7 +936,7 @@ impl Broker {
                 TxOutcome::Rollback => "rolled back",
                 TxOutcome::Discard => "discarded",
             };
-            return Ok(EndDecision::Record(Record {
+            return Ok(EndDecision::Record(Box::new(Record {
                 term: 0,
                 timestamp_ms: now_ms,
                 payload: Payload::TxEnd(TxEndRecord {
@@ -949,7 +949,7 @@ impl Broker {
                     queue_offset,
                     reason: format!("{what} by {who} after {} check-backs", h.checks),
                 }),
-            }));
+            })));
         }
         if let Some(r) = self.transactions.resolved(offset) {
             if r.topic != topic || r.message_id != message_id {

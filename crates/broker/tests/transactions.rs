@@ -38,7 +38,7 @@ fn end(
         .core
         .plan_end_transaction(now, "t", id, tx, outcome, source)?;
     if let EndDecision::Record(rec) = &d {
-        h.commit(rec.clone());
+        h.commit(rec.as_ref().clone());
     }
     Ok(d)
 }

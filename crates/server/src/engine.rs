@@ -354,7 +354,7 @@ impl Engine {
                 end = offset + len as u64;
                 if let Payload::Message(r) = &rec.payload {
                     let is_half = m.kind == MessageKind::Transaction;
-                    let indexed = !is_half && !r.delivery_timestamp_ms.is_some_and(|t| t > now);
+                    let indexed = !is_half && r.delivery_timestamp_ms.is_none_or(|t| t <= now);
                     stored.push(Stored {
                         message_id: r.message_id.clone(),
                         queue_id: r.queue_id,
@@ -543,7 +543,7 @@ impl Engine {
                 .plan_end_transaction(now_ms(), topic, message_id, transaction_id, outcome, source)
                 .inspect_err(|_| Metrics::add(&self.metrics.tx_end_refused, 1))?;
             let end = match &decision {
-                EndDecision::Record(rec) => self.commit(&mut core, std::slice::from_ref(rec))?,
+                EndDecision::Record(rec) => self.commit(&mut core, std::slice::from_ref(rec.as_ref()))?,
                 EndDecision::AlreadyEnded(_) => 0,
             };
             (decision, end)
