@@ -543,7 +543,9 @@ impl Engine {
                 .plan_end_transaction(now_ms(), topic, message_id, transaction_id, outcome, source)
                 .inspect_err(|_| Metrics::add(&self.metrics.tx_end_refused, 1))?;
             let end = match &decision {
-                EndDecision::Record(rec) => self.commit(&mut core, std::slice::from_ref(rec.as_ref()))?,
+                EndDecision::Record(rec) => {
+                    self.commit(&mut core, std::slice::from_ref(rec.as_ref()))?
+                }
                 EndDecision::AlreadyEnded(_) => 0,
             };
             (decision, end)

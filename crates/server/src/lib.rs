@@ -46,6 +46,9 @@ fn incoming_nodelay(
     })
 }
 
+/// How long a shutdown waits for open requests before closing the log.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs the broker until `shutdown` resolves, then stops accepting requests,
 /// flushes and closes the log cleanly.
 pub async fn run(
@@ -67,7 +70,7 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let svc = service::Service::new(engine.clone(), clients.clone(), &config);
+    let svc = service::Service::new(engine.clone(), clients.clone(), &config, stop_rx.clone());
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(svc.into_server(&config))
@@ -111,12 +114,24 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    let (g, h) = tokio::join!(grpc, http);
-    if let Err(e) = g {
-        error!(error = %e, "gRPC server stopped with an error");
-    }
-    if let Err(e) = h {
-        error!(error = %e, "HTTP server stopped with an error");
+    // Once stop is asked, in-flight requests (a long poll, at most the
+    // long-polling limit) get a bounded grace period, then the log closes.
+    let servers = async { tokio::join!(grpc, http) };
+    let mut stopping = stop_rx.clone();
+    let grace = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        (g, h) = servers => {
+            if let Err(e) = g {
+                error!(error = %e, "gRPC server stopped with an error");
+            }
+            if let Err(e) = h {
+                error!(error = %e, "HTTP server stopped with an error");
+            }
+        }
+        _ = grace => warn!(grace = ?SHUTDOWN_GRACE, "requests still open after the grace period; closing anyway"),
     }
     maintenance.abort();
     scheduler.abort();

@@ -47,12 +47,21 @@ pub struct Service {
     default_long_poll: Duration,
     stream_ids: AtomicU64,
     policy: SettingsPolicy,
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Service {
-    pub fn new(engine: Arc<Engine>, clients: Arc<Clients>, config: &ServerConfig) -> Self {
+    /// `stop` turning true ends every Telemetry stream, so a graceful
+    /// shutdown does not wait on streams that never end by themselves.
+    pub fn new(
+        engine: Arc<Engine>,
+        clients: Arc<Clients>,
+        config: &ServerConfig,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         let advertise = config.advertise.as_deref().and_then(split_host_port);
         Service {
+            stop,
             engine,
             clients,
             advertise,
@@ -685,9 +694,14 @@ impl MessagingService for Service {
         let stream_id = self.stream_ids.fetch_add(1, Ordering::Relaxed);
         let clients = self.clients.clone();
         let policy = self.policy.clone();
+        let mut stop = self.stop.clone();
         tokio::spawn(async move {
             loop {
-                let cmd = match inbound.message().await {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                let cmd = match next {
                     Ok(Some(cmd)) => cmd,
                     Ok(None) => break,
                     Err(e) => {
