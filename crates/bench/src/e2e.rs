@@ -7,8 +7,8 @@ use clap::Args;
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
 use hdrhistogram::Histogram;
-use tonic::transport::Channel;
-use tonic::Request;
+
+use crate::net::{self, connect, req, resource};
 
 #[derive(Debug, Args)]
 pub struct E2eArgs {
@@ -33,20 +33,6 @@ pub struct E2eArgs {
     topic: String,
 }
 
-fn req<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-mq-client-id", "ferry-bench".parse().expect("ascii"));
-    r
-}
-
-fn resource(name: &str) -> Option<pb::Resource> {
-    Some(pb::Resource {
-        resource_namespace: String::new(),
-        name: name.to_string(),
-    })
-}
-
 pub fn run(a: E2eArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -55,23 +41,7 @@ pub fn run(a: E2eArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 }
 
 async fn run_async(a: E2eArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let _tmp;
-    let addr = match &a.server {
-        Some(s) => s.clone(),
-        None => {
-            let tmp = tempfile::tempdir_in(".")?;
-            let port = free_port()?;
-            let config = ferry_server::ServerConfig {
-                data_dir: tmp.path().to_path_buf(),
-                grpc_listen: format!("127.0.0.1:{port}"),
-                http_listen: format!("127.0.0.1:{}", free_port()?),
-                ..Default::default()
-            };
-            _tmp = tmp;
-            tokio::spawn(ferry_server::run(config, std::future::pending()));
-            format!("127.0.0.1:{port}")
-        }
-    };
+    let (addr, _tmp) = net::broker(a.server.clone()).await?;
     let channel = connect(&addr).await?;
     let client = MessagingServiceClient::new(channel);
     let route = client
@@ -232,22 +202,4 @@ async fn run_async(a: E2eArgs) -> Result<(), Box<dyn std::error::Error + Send + 
     );
     println!("{}", crate::percentiles("send", &hist));
     Ok(())
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn connect(addr: &str) -> Result<Channel, Box<dyn std::error::Error + Send + Sync>> {
-    let endpoint = Channel::from_shared(format!("http://{addr}"))?;
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        match endpoint.connect().await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() > until => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }

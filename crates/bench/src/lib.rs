@@ -5,9 +5,13 @@
 //! * `e2e` — a broker over gRPC: producers send, consumers receive and ack;
 //!   throughput and send latency. Starts its own broker on a temporary
 //!   directory unless `--server` names a running one.
+//! * `tx` — half message + commit next to plain sends, alternating phases
+//!   in one run, with the cost ratio.
 
 mod append;
 mod e2e;
+mod net;
+mod tx;
 
 use clap::{Args, Subcommand};
 
@@ -23,12 +27,15 @@ pub enum Which {
     Append(append::AppendArgs),
     /// Send → receive → ack through the gRPC service.
     E2e(e2e::E2eArgs),
+    /// Transactional (half + commit) sends next to plain sends.
+    Tx(tx::TxArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match args.which {
         Which::Append(a) => append::run(a),
         Which::E2e(a) => e2e::run(a),
+        Which::Tx(a) => tx::run(a),
     }
 }
 

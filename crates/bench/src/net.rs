@@ -1,0 +1,63 @@
+//! What the gRPC benchmarks share: request metadata, connecting, and a
+//! broker started in-process on a temporary directory when none is named.
+
+use std::time::{Duration, Instant};
+
+use ferry_proto::v2 as pb;
+use tonic::transport::Channel;
+use tonic::Request;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub fn req<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("x-mq-client-id", "ferry-bench".parse().expect("ascii"));
+    r
+}
+
+pub fn resource(name: &str) -> Option<pb::Resource> {
+    Some(pb::Resource {
+        resource_namespace: String::new(),
+        name: name.to_string(),
+    })
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+pub async fn connect(addr: &str) -> Result<Channel, Box<dyn std::error::Error + Send + Sync>> {
+    let endpoint = Channel::from_shared(format!("http://{addr}"))?;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match endpoint.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > until => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The broker to measure: `server` if given, else one started in this
+/// process (default settings, sync flush) on a temporary directory that
+/// lives as long as the returned guard.
+pub async fn broker(
+    server: Option<String>,
+) -> Result<(String, Option<tempfile::TempDir>), BoxError> {
+    if let Some(s) = server {
+        return Ok((s, None));
+    }
+    let tmp = tempfile::tempdir_in(".")?;
+    let port = free_port()?;
+    let config = ferry_server::ServerConfig {
+        data_dir: tmp.path().to_path_buf(),
+        grpc_listen: format!("127.0.0.1:{port}"),
+        http_listen: format!("127.0.0.1:{}", free_port()?),
+        ..Default::default()
+    };
+    tokio::spawn(ferry_server::run(config, std::future::pending()));
+    Ok((format!("127.0.0.1:{port}"), Some(tmp)))
+}
