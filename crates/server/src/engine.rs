@@ -382,7 +382,13 @@ impl Engine {
         for t in topics {
             self.wake(t);
         }
-        if stored.iter().any(|s| s.queue_offset.is_none()) {
+        // A new timer may be due before the scheduler's next look. (A new
+        // half message is not: its first check lies seconds ahead, and the
+        // scheduler looks at least once a second.)
+        if stored
+            .iter()
+            .any(|s| s.queue_offset.is_none() && s.transaction_id.is_none())
+        {
             self.schedule_changed.notify_waiters();
         }
         Ok(stored)
@@ -560,8 +566,14 @@ impl Engine {
                 Metrics::add(c, 1);
                 if outcome == TxOutcome::Commit {
                     self.wake(topic);
-                    // A commit with a delivery time ahead became a timer.
-                    self.schedule_changed.notify_waiters();
+                }
+                if let EndDecision::Record(rec) = &decision {
+                    if let Payload::TxEnd(t) = &rec.payload {
+                        if t.outcome == TxOutcome::Commit && t.queue_offset.is_none() {
+                            // Its delivery time lies ahead: it became a timer.
+                            self.schedule_changed.notify_waiters();
+                        }
+                    }
                 }
             }
             EndDecision::AlreadyEnded(_) => Metrics::add(&self.metrics.tx_end_repeated, 1),
