@@ -103,7 +103,7 @@ pub struct TransactionConfig {
     /// Check-backs sent per second at most, broker-wide (1000).
     pub max_checks_per_second: u32,
     /// Outcomes remembered to answer repeated or late EndTransaction calls
-    /// (1 000 000); older ones are forgotten oldest-first.
+    /// (500 000, roughly 60 MB); older ones are forgotten oldest-first.
     pub outcome_memory: usize,
 }
 
@@ -117,7 +117,7 @@ impl Default for TransactionConfig {
             max_checks: 15,
             no_producer_retry_ms: 1_000,
             max_checks_per_second: 1_000,
-            outcome_memory: 1_000_000,
+            outcome_memory: 500_000,
         }
     }
 }

@@ -403,7 +403,14 @@ impl Broker {
             source: t.source,
             at_ms: now_ms,
             checks,
-            reason: t.reason.clone(),
+            // Only a discard's reason is kept in memory (operators list
+            // discards); the others are implied by outcome and source, and
+            // every reason stays in the log record.
+            reason: if t.outcome == TxOutcome::Discard {
+                t.reason.clone()
+            } else {
+                String::new()
+            },
         });
         let Some(h) = half else { return };
         if t.outcome != TxOutcome::Commit {
@@ -970,9 +977,14 @@ impl Broker {
             } else {
                 "rollback"
             };
+            let by = match r.source {
+                TxSource::Client => "by the producer".to_string(),
+                TxSource::ServerCheck => "by the producer, answering a check-back".to_string(),
+                TxSource::CheckLimit => r.reason.clone(),
+            };
             return Err(BrokerError::TransactionConflict(format!(
-                "transaction {transaction_id} was {past} at {} ms ({}); the {asked} asked now is refused",
-                r.at_ms, r.reason
+                "transaction {transaction_id} was {past} at {} ms ({by}); the {asked} asked now is refused",
+                r.at_ms
             )));
         }
         Err(BrokerError::InvalidTransactionId(format!(

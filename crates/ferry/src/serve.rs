@@ -94,7 +94,7 @@ pub struct ServeArgs {
     /// Most check-backs sent per second, broker-wide [default: 1000]
     #[arg(long, env = "FERRY_TX_CHECKS_PER_SECOND")]
     tx_checks_per_second: Option<u32>,
-    /// Transaction outcomes remembered to answer repeated EndTransaction calls [default: 1000000]
+    /// Transaction outcomes remembered to answer repeated EndTransaction calls [default: 500000]
     #[arg(long, env = "FERRY_TX_OUTCOME_MEMORY")]
     tx_outcome_memory: Option<usize>,
     /// Most half messages waiting for an outcome [default: 1000000]

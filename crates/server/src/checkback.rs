@@ -2,11 +2,14 @@
 //!
 //! It sleeps until the core's next deadline (a timer or a check), or until
 //! the engine says the schedule changed. Check-backs go out over the
-//! Telemetry stream of a connected producer of the topic, at most
-//! `max_checks_per_second`, and never wait on a slow client: a full or
-//! closed stream loses that one check (it is counted, and the next interval
-//! asks again), it does not hold up the others.
+//! Telemetry stream of a connected producer of the topic (the one with the
+//! most room), at most `max_checks_per_second`, and never wait on a slow
+//! client: a check is only decided while some producer of the topic has room
+//! on its stream (otherwise it is postponed without counting), and a stream
+//! that closes in between loses that one check (counted as failed; the next
+//! interval asks again) without holding up the others.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +36,6 @@ pub async fn run(
     let per_second = engine.transaction_config().max_checks_per_second.max(1) as f64;
     let mut tokens = per_second;
     let mut last = tokio::time::Instant::now();
-    let mut turn = 0usize;
     loop {
         let changed = engine.schedule_changed();
         let changed = changed.notified();
@@ -53,14 +55,25 @@ pub async fn run(
         last = now;
         let budget = tokens as usize;
         if budget > 0 {
-            let mut online = |topic: &str| clients.has_producer(topic);
+            // A check is decided (and counted) only when a producer of the
+            // topic has room on its stream for it in this round.
+            let mut room: HashMap<String, usize> = HashMap::new();
+            let mut online = |topic: &str| {
+                let left = room
+                    .entry(topic.to_string())
+                    .or_insert_with(|| clients.producer_room(topic));
+                if *left == 0 {
+                    return false;
+                }
+                *left -= 1;
+                true
+            };
             match engine.run_checks(budget, &mut online).await {
                 Ok(checks) => {
                     tokens -= checks.len() as f64;
                     for cb in checks {
-                        turn = turn.wrapping_add(1);
                         let topic = cb.order.topic.clone();
-                        let Some(tx) = clients.producer_for(&topic, turn) else {
+                        let Some(tx) = clients.producer_for(&topic) else {
                             warn!(%topic, transaction = %cb.order.transaction_id,
                                 "producer went away before its check-back was sent");
                             continue;

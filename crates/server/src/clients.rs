@@ -97,30 +97,29 @@ impl Clients {
         }
     }
 
-    /// A connected producer that declared `topic`, to send a check-back to.
-    /// `turn` rotates the choice so one producer does not take every check.
+    /// The connected producer of `topic` with the most room on its
+    /// Telemetry stream, to send a check-back to; `None` when none has room.
     pub fn producer_for(
         &self,
         topic: &str,
-        turn: usize,
     ) -> Option<mpsc::Sender<Result<pb::TelemetryCommand, Status>>> {
         let map = self.lock();
-        let mut candidates: Vec<(&String, &Client)> = map
-            .iter()
-            .filter(|(_, c)| !c.commands.is_closed() && c.publishes(topic))
-            .collect();
-        if candidates.is_empty() {
-            return None;
-        }
-        candidates.sort_by(|a, b| a.0.cmp(b.0));
-        Some(candidates[turn % candidates.len()].1.commands.clone())
+        map.values()
+            .filter(|c| !c.commands.is_closed() && c.publishes(topic))
+            .map(|c| &c.commands)
+            .filter(|tx| tx.capacity() > 0)
+            .max_by_key(|tx| tx.capacity())
+            .cloned()
     }
 
-    /// Whether any connected producer declared `topic`.
-    pub fn has_producer(&self, topic: &str) -> bool {
+    /// Room for check-backs on the Telemetry streams of `topic`'s connected
+    /// producers: 0 means none can be asked right now.
+    pub fn producer_room(&self, topic: &str) -> usize {
         self.lock()
             .values()
-            .any(|c| !c.commands.is_closed() && c.publishes(topic))
+            .filter(|c| !c.commands.is_closed() && c.publishes(topic))
+            .map(|c| c.commands.capacity())
+            .sum()
     }
 
     /// Forgets clients silent for longer than `idle`.

@@ -37,6 +37,9 @@ const CONSUMER_BACKOFF_SECS: [u64; 18] = [
 const CONSUMER_MAX_ATTEMPTS: i32 = 17;
 const RECEIVE_BATCH_SIZE: i32 = 32;
 const BROKER_NAME: &str = "ferry";
+/// Commands (check-backs) queued per Telemetry stream before the broker
+/// stops handing that client more in a round.
+pub const TELEMETRY_QUEUE: usize = 256;
 
 pub struct Service {
     engine: Arc<Engine>,
@@ -690,7 +693,7 @@ impl MessagingService for Service {
     ) -> RpcResult<Self::TelemetryStream> {
         let id = client_id(&request).map_err(|s| Status::invalid_argument(s.message))?;
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<pb::TelemetryCommand, Status>>(16);
+        let (tx, rx) = mpsc::channel::<Result<pb::TelemetryCommand, Status>>(TELEMETRY_QUEUE);
         let stream_id = self.stream_ids.fetch_add(1, Ordering::Relaxed);
         let clients = self.clients.clone();
         let policy = self.policy.clone();
