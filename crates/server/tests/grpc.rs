@@ -377,21 +377,25 @@ async fn telemetry_settings_exchange() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
 
-fn end_req(
+async fn end(
+    c: &mut MessagingServiceClient<Channel>,
     topic: &str,
     id: &str,
     tx: &str,
     resolution: pb::TransactionResolution,
     source: pb::TransactionSource,
-) -> Request<pb::EndTransactionRequest> {
-    req(pb::EndTransactionRequest {
+) -> pb::EndTransactionResponse {
+    c.end_transaction(req(pb::EndTransactionRequest {
         topic: res(topic),
         message_id: id.into(),
         transaction_id: tx.into(),
         resolution: resolution as i32,
         source: source as i32,
         trace_context: String::new(),
-    })
+    }))
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 async fn send_tx(c: &mut MessagingServiceClient<Channel>, topic: &str, id: &str) -> String {
@@ -435,40 +439,20 @@ async fn transactions_end_and_check_back_over_grpc() {
     // Commit: invisible before, delivered once after; repeats are harmless.
     let tx = send_tx(&mut c, "tt", "a").await;
     assert!(ids(&receive_all(&mut c, "tt", 100).await).is_empty());
-    let r = c
-        .end_transaction(end_req("tt", "a", &tx, R::Commit, S::SourceClient))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = end(&mut c, "tt", "a", &tx, R::Commit, S::SourceClient).await;
     assert_eq!(code(&r.status), Code::Ok);
-    let r = c
-        .end_transaction(end_req("tt", "a", &tx, R::Commit, S::SourceClient))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = end(&mut c, "tt", "a", &tx, R::Commit, S::SourceClient).await;
     assert_eq!(code(&r.status), Code::Ok);
-    let r = c
-        .end_transaction(end_req("tt", "a", &tx, R::Rollback, S::SourceClient))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = end(&mut c, "tt", "a", &tx, R::Rollback, S::SourceClient).await;
     assert_eq!(code(&r.status), Code::PreconditionFailed);
     assert!(r.status.unwrap().message.contains("committed"));
-    let r = c
-        .end_transaction(end_req("tt", "zzz", &tx, R::Commit, S::SourceClient))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = end(&mut c, "tt", "zzz", &tx, R::Commit, S::SourceClient).await;
     assert_eq!(code(&r.status), Code::InvalidTransactionId);
     assert_eq!(ids(&receive_all(&mut c, "tt", 500).await), ["a"]);
 
     // Rollback: never delivered.
     let tx = send_tx(&mut c, "tt", "b").await;
-    let r = c
-        .end_transaction(end_req("tt", "b", &tx, R::Rollback, S::SourceClient))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = end(&mut c, "tt", "b", &tx, R::Rollback, S::SourceClient).await;
     assert_eq!(code(&r.status), Code::Ok);
 
     // Check-back: a producer of the topic is asked over its Telemetry
@@ -502,11 +486,7 @@ async fn transactions_end_and_check_back_over_grpc() {
     let m = rec.message.unwrap();
     assert_eq!(m.system_properties.as_ref().unwrap().message_id, "c");
     assert_eq!(&m.body[..], b"order paid");
-    let r = c
-        .end_transaction(end_req("tt", "c", &tx, R::Commit, S::SourceServerCheck))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = end(&mut c, "tt", "c", &tx, R::Commit, S::SourceServerCheck).await;
     assert_eq!(code(&r.status), Code::Ok);
     assert_eq!(ids(&receive_all(&mut c, "tt", 500).await), ["c"]);
 
@@ -523,11 +503,7 @@ async fn transactions_end_and_check_back_over_grpc() {
         Some(pb::telemetry_command::Command::RecoverOrphanedTransactionCommand(_))
     ));
     tokio::time::sleep(Duration::from_millis(900)).await;
-    let r = c
-        .end_transaction(end_req("tt", "d", &tx, R::Commit, S::SourceServerCheck))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = end(&mut c, "tt", "d", &tx, R::Commit, S::SourceServerCheck).await;
     assert_eq!(code(&r.status), Code::PreconditionFailed);
     assert!(r.status.unwrap().message.contains("discarded"));
     assert!(ids(&receive_all(&mut c, "tt", 200).await).is_empty());
