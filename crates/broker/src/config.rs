@@ -49,7 +49,7 @@ pub struct Limits {
     pub max_invisible_ms: i64,
     pub max_long_polling_ms: i64,
     pub max_receive_batch: usize,
-    /// Furthest a delivery time may lie ahead of the send, ms (30 days).
+    /// Furthest a delivery time may lie ahead of the send, ms (7 days).
     pub max_delay_ms: i64,
     /// Most messages waiting for their delivery time, broker-wide.
     pub max_pending_timers: usize,
@@ -76,7 +76,7 @@ impl Default for Limits {
             max_invisible_ms: 12 * 3600 * 1000,
             max_long_polling_ms: 30_000,
             max_receive_batch: 1024,
-            max_delay_ms: 30 * 24 * 3600 * 1000,
+            max_delay_ms: 7 * 24 * 3600 * 1000,
             max_pending_timers: 10_000_000,
             max_pending_transactions: 1_000_000,
         }

@@ -103,7 +103,7 @@ pub struct ServeArgs {
     /// Most messages waiting for their delivery time [default: 10000000]
     #[arg(long, env = "FERRY_MAX_PENDING_TIMERS")]
     max_pending_timers: Option<usize>,
-    /// Furthest a delivery time may lie ahead, hours [default: 720]
+    /// Furthest a delivery time may lie ahead, hours [default: 168]
     #[arg(long, env = "FERRY_MAX_DELAY_HOURS")]
     max_delay_hours: Option<u64>,
 }
