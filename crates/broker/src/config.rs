@@ -9,6 +9,9 @@ pub struct CoreConfig {
     pub auto_create_topics: bool,
     /// Queues of an auto-created topic.
     pub default_queues: u32,
+    /// Deliveries of one message to one consumer group before it moves to
+    /// the group's dead-letter topic `%DLQ%<group>` (17: 16 retries).
+    pub max_delivery_attempts: u32,
     pub limits: Limits,
     pub transactions: TransactionConfig,
 }
@@ -18,6 +21,7 @@ impl Default for CoreConfig {
         CoreConfig {
             auto_create_topics: true,
             default_queues: 8,
+            max_delivery_attempts: 17,
             limits: Limits::default(),
             transactions: TransactionConfig::default(),
         }

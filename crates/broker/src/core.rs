@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use ferry_record::{
-    AckRecord, DeliverRecord, FireRecord, MessageRecord, Payload, Record, RenewRecord,
-    TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
+    AckRecord, DeadLetterRecord, DeliverRecord, FireRecord, MessageRecord, Payload, Record,
+    RenewRecord, TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
 };
 
 use crate::filter::Filter;
@@ -90,6 +90,14 @@ pub struct ReceivePlan {
     pub records: Vec<Record>,
     pub deliveries: Vec<Delivery>,
     pub skips: Vec<(u32, u64)>,
+    /// Messages moved to the group's dead-letter topic instead of being
+    /// delivered again (their last attempt had failed).
+    pub dead_lettered: usize,
+}
+
+/// The dead-letter topic of a consumer group.
+pub fn dlq_topic(group: &str) -> String {
+    format!("%DLQ%{group}")
 }
 
 /// Un-consumed messages retention removed from under a consumer group.
@@ -368,6 +376,9 @@ impl Broker {
                 }
             }
             Payload::TxEnd(t) => self.apply_tx_end(log_offset + len as u64, rec.timestamp_ms, t),
+            Payload::DeadLetter(d) => {
+                self.apply_dead_letter(log_offset + len as u64, rec.timestamp_ms, d)
+            }
             Payload::TxCheck(c) => {
                 self.transactions
                     .checked(c.half_offset, c.checks, c.next_check_ms);
@@ -391,6 +402,81 @@ impl Broker {
                 }
             }
         }
+    }
+
+    fn apply_dead_letter(&mut self, ready_at: u64, now_ms: i64, d: &DeadLetterRecord) {
+        let mut tag = None;
+        if let Some(gq) = self.group_queue_mut(&d.group, &d.topic, d.queue_id, d.queue_offset) {
+            gq.settle(d.queue_offset);
+        }
+        if let Some(e) = self
+            .topics
+            .get(&d.topic)
+            .and_then(|t| t.queues.get(d.queue_id as usize))
+            .and_then(|q| q.get(d.queue_offset))
+        {
+            tag = e.tag.clone();
+        }
+        let dlq = dlq_topic(&d.group);
+        // Internal: made on first use, whatever the topic limits say, so a
+        // failing message always has somewhere to go.
+        self.topics
+            .entry(dlq.clone())
+            .or_insert_with(|| Topic::new(&dlq, 1));
+        self.index(
+            &dlq,
+            0,
+            d.dlq_queue_offset,
+            Entry {
+                log_offset: d.message_offset,
+                len: d.message_len,
+                tag: None,
+                store_ms: now_ms,
+                ready_at,
+            },
+            tag.as_deref(),
+            true,
+        );
+    }
+
+    /// Decides a consumer's ForwardMessageToDeadLetterQueue: the in-flight
+    /// message named by `receipt` moves to the group's dead-letter topic.
+    pub fn plan_dead_letter(
+        &self,
+        now_ms: i64,
+        group: &str,
+        topic: &str,
+        receipt: &str,
+    ) -> Result<Record, BrokerError> {
+        let (r, f) = self.inflight_for(group, topic, receipt)?;
+        let e = self
+            .topics
+            .get(topic)
+            .and_then(|t| t.queues.get(r.queue_id as usize))
+            .and_then(|q| q.get(r.queue_offset))
+            .filter(|e| !e.is_lost())
+            .ok_or_else(|| {
+                BrokerError::InvalidReceiptHandle("the message it names is no longer stored".into())
+            })?;
+        let dlq_queue_offset = self
+            .topics
+            .get(&dlq_topic(group))
+            .and_then(|t| t.queues.first())
+            .map_or(0, |q| q.next_offset());
+        Ok(Record {
+            term: 0,
+            timestamp_ms: now_ms,
+            payload: Payload::DeadLetter(DeadLetterRecord {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                queue_id: r.queue_id,
+                queue_offset: r.queue_offset,
+                message_offset: e.log_offset,
+                message_len: e.len,
+                attempts: f.attempt,
+                dlq_queue_offset,
+            }),
+        })
     }
 
     fn apply_tx_end(&mut self, ready_at: u64, now_ms: i64, t: &TxEndRecord) {
@@ -623,6 +709,12 @@ impl Broker {
         let n = topic.queues.len();
         let start = (self.rotation % n as u64) as usize;
         self.rotation = self.rotation.wrapping_add(1);
+        let max_attempts = self.config.max_delivery_attempts.max(1);
+        let mut dlq_next = self
+            .topics
+            .get(&dlq_topic(req.group))
+            .and_then(|t| t.queues.first())
+            .map_or(0, |q| q.next_offset());
         let mut plan = ReceivePlan::default();
         let mut handle = self.next_handle;
         let visible_at_ms = now_ms + req.invisible_ms;
@@ -671,13 +763,32 @@ impl Broker {
                 }
             };
             for &(due, off) in &gq.expiry {
-                if due > now_ms || plan.deliveries.len() >= req.max_messages {
+                if due > now_ms || plan.deliveries.len() + plan.dead_lettered >= req.max_messages {
                     break;
                 }
                 let Some(e) = queue.get(off).filter(|e| !e.is_lost()) else {
                     continue;
                 };
                 let attempt = gq.inflight.get(&off).map_or(1, |f| f.attempt + 1);
+                if attempt > max_attempts {
+                    plan.records.push(Record {
+                        term: 0,
+                        timestamp_ms: now_ms,
+                        payload: Payload::DeadLetter(DeadLetterRecord {
+                            group: req.group.to_string(),
+                            topic: req.topic.to_string(),
+                            queue_id: q,
+                            queue_offset: off,
+                            message_offset: e.log_offset,
+                            message_len: e.len,
+                            attempts: attempt - 1,
+                            dlq_queue_offset: dlq_next,
+                        }),
+                    });
+                    dlq_next += 1;
+                    plan.dead_lettered += 1;
+                    continue;
+                }
                 push(&mut plan, q, off, e, attempt);
             }
             let mut cursor = gq.cursor.max(queue.base);

@@ -470,7 +470,10 @@ fn delivery_time_too_far_ahead_is_refused() {
         Err((0, BrokerError::IllegalDeliveryTime(_)))
     ));
     m.delivery_timestamp_ms = Some(T0 + 7 * 24 * 3600 * 1000);
-    assert!(h.core.admit_batch(T0, &[m]).is_ok(), "7 days exactly is allowed");
+    assert!(
+        h.core.admit_batch(T0, &[m]).is_ok(),
+        "7 days exactly is allowed"
+    );
 }
 
 #[test]

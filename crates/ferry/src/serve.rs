@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// Most connected clients [default: 10000]
     #[arg(long, env = "FERRY_MAX_CLIENTS")]
     max_clients: Option<usize>,
+    /// Deliveries of a message to one consumer group before it moves to %DLQ%<group> [default: 17]
+    #[arg(long, env = "FERRY_MAX_DELIVERY_ATTEMPTS")]
+    max_delivery_attempts: Option<u32>,
     /// First transaction check-back this long after the half message, ms, unless the producer asks otherwise [default: 6000]
     #[arg(long, env = "FERRY_TX_CHECK_AFTER_MS")]
     tx_check_after_ms: Option<u64>,
@@ -128,6 +131,7 @@ struct FileConfig {
     max_batch_messages: Option<usize>,
     max_inflight_per_queue: Option<usize>,
     max_clients: Option<usize>,
+    max_delivery_attempts: Option<u32>,
     tx_check_after_ms: Option<u64>,
     tx_max_check_after_ms: Option<u64>,
     tx_check_interval_ms: Option<u64>,
@@ -218,6 +222,9 @@ fn build_config(a: ServeArgs) -> Result<ServerConfig, Box<dyn std::error::Error 
     }
     if let Some(v) = pick!(max_clients) {
         c.max_clients = v.max(1);
+    }
+    if let Some(v) = pick!(max_delivery_attempts) {
+        c.core.max_delivery_attempts = v.clamp(1, 1000);
     }
     let tx = &mut c.core.transactions;
     let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);

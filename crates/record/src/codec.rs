@@ -76,6 +76,7 @@ pub fn encoded_len(rec: &Record) -> usize {
         }
         Payload::TxCheck(_) => 8 + 4 + 8,
         Payload::Fire(f) => 8 + s(&f.topic) + 4 + 8,
+        Payload::DeadLetter(d) => s(&d.group) + s(&d.topic) + 4 + 8 + 8 + 4 + 4 + 8,
     };
     HEADER_LEN + payload
 }
@@ -183,6 +184,16 @@ pub fn encode(rec: &Record, offset: u64, out: &mut Vec<u8>) {
             put_str(out, &f.topic);
             out.put_u32_le(f.queue_id);
             out.put_u64_le(f.queue_offset);
+        }
+        Payload::DeadLetter(d) => {
+            put_str(out, &d.group);
+            put_str(out, &d.topic);
+            out.put_u32_le(d.queue_id);
+            out.put_u64_le(d.queue_offset);
+            out.put_u64_le(d.message_offset);
+            out.put_u32_le(d.message_len);
+            out.put_u32_le(d.attempts);
+            out.put_u64_le(d.dlq_queue_offset);
         }
     }
     debug_assert_eq!(out.len() - start, len, "encoded_len disagrees with encode");
@@ -359,6 +370,16 @@ pub fn decode(
             topic: r.string()?,
             queue_id: r.u32()?,
             queue_offset: r.u64()?,
+        }),
+        Kind::DeadLetter => Payload::DeadLetter(DeadLetterRecord {
+            group: r.string()?,
+            topic: r.string()?,
+            queue_id: r.u32()?,
+            queue_offset: r.u64()?,
+            message_offset: r.u64()?,
+            message_len: r.u32()?,
+            attempts: r.u32()?,
+            dlq_queue_offset: r.u64()?,
         }),
     };
     if r.remaining() != 0 {

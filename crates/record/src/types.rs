@@ -13,6 +13,7 @@ pub enum Kind {
     TxEnd = 5,
     TxCheck = 6,
     Fire = 7,
+    DeadLetter = 8,
 }
 
 impl Kind {
@@ -25,6 +26,7 @@ impl Kind {
             5 => Some(Kind::TxEnd),
             6 => Some(Kind::TxCheck),
             7 => Some(Kind::Fire),
+            8 => Some(Kind::DeadLetter),
             _ => None,
         }
     }
@@ -51,6 +53,7 @@ pub enum Payload {
     TxEnd(TxEndRecord),
     TxCheck(TxCheckRecord),
     Fire(FireRecord),
+    DeadLetter(DeadLetterRecord),
 }
 
 impl Payload {
@@ -63,6 +66,7 @@ impl Payload {
             Payload::TxEnd(_) => Kind::TxEnd,
             Payload::TxCheck(_) => Kind::TxCheck,
             Payload::Fire(_) => Kind::Fire,
+            Payload::DeadLetter(_) => Kind::DeadLetter,
         }
     }
 }
@@ -214,4 +218,21 @@ pub struct FireRecord {
     pub topic: String,
     pub queue_id: u32,
     pub queue_offset: u64,
+}
+
+/// A consumer group gave up on a message (its last attempt failed, or the
+/// client forwarded it): it is settled for the group and indexed at
+/// `dlq_queue_offset` of the group's dead-letter topic, pointing at the
+/// original record (`message_offset`, `message_len`) — no copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRecord {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub message_offset: u64,
+    pub message_len: u32,
+    /// Deliveries the group had made.
+    pub attempts: u32,
+    pub dlq_queue_offset: u64,
 }

@@ -176,6 +176,22 @@ fn payload() -> impl Strategy<Value = Payload> {
                 })
             }
         ),
+        (
+            (short_string(), short_string(), any::<u32>(), any::<u64>()),
+            (any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>()),
+        )
+            .prop_map(|(a, b)| {
+                Payload::DeadLetter(DeadLetterRecord {
+                    group: a.0,
+                    topic: a.1,
+                    queue_id: a.2,
+                    queue_offset: a.3,
+                    message_offset: b.0,
+                    message_len: b.1,
+                    attempts: b.2,
+                    dlq_queue_offset: b.3,
+                })
+            }),
     ]
 }
 

@@ -89,8 +89,15 @@ pub fn incoming(m: pb::Message) -> Result<Incoming, BrokerError> {
 
 /// Builds the wire message a consumer receives.
 pub fn outgoing(d: Delivered, topic: &str, store_host: &str, invisible_ms: i64) -> pb::Message {
+    // Served from another topic than it was sent to: a dead letter, which
+    // carries its original identity.
+    let dead_letter = (d.message.topic != topic).then(|| pb::DeadLetterQueue {
+        topic: d.message.topic.clone(),
+        message_id: d.message.message_id.clone(),
+    });
     let mut msg = stored_message(d.message, d.store_ms, topic, store_host);
     if let Some(sp) = msg.system_properties.as_mut() {
+        sp.dead_letter_queue = dead_letter;
         sp.receipt_handle = Some(d.delivery.receipt_handle);
         sp.queue_id = d.delivery.queue_id as i32;
         sp.queue_offset = Some(d.delivery.queue_offset as i64);

@@ -420,6 +420,11 @@ impl Engine {
                 let next = core.next_expiry(&args.group, &args.topic);
                 (plan, end, next)
             };
+            if plan.dead_lettered > 0 {
+                self.log.wait_committed(end).await?;
+                Metrics::add(&self.metrics.dead_lettered, plan.dead_lettered as u64);
+                self.wake(&ferry_broker::dlq_topic(&args.group));
+            }
             if !plan.deliveries.is_empty() {
                 self.log.wait_committed(end).await?;
                 return Ok(self.read_deliveries(&args.topic, plan.deliveries));
@@ -510,6 +515,25 @@ impl Engine {
             results.iter().filter(|r| r.is_ok()).count() as u64,
         );
         results
+    }
+
+    /// Moves an in-flight message to the group's dead-letter topic at the
+    /// consumer's request (ForwardMessageToDeadLetterQueue).
+    pub async fn dead_letter(
+        &self,
+        group: &str,
+        topic: &str,
+        receipt: &str,
+    ) -> Result<(), EngineError> {
+        let end = {
+            let mut core = self.core();
+            let rec = core.plan_dead_letter(now_ms(), group, topic, receipt)?;
+            self.commit(&mut core, std::slice::from_ref(&rec))?
+        };
+        self.log.wait_committed(end).await?;
+        Metrics::add(&self.metrics.dead_lettered, 1);
+        self.wake(&ferry_broker::dlq_topic(group));
+        Ok(())
     }
 
     /// Changes the invisible duration of an in-flight message; returns the

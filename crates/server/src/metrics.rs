@@ -22,6 +22,7 @@ pub struct Metrics {
     pub tx_end_repeated: AtomicU64,
     pub tx_end_refused: AtomicU64,
     pub timers_fired: AtomicU64,
+    pub dead_lettered: AtomicU64,
 }
 
 impl Metrics {

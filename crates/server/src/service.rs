@@ -34,7 +34,6 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 const CONSUMER_BACKOFF_SECS: [u64; 18] = [
     1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200,
 ];
-const CONSUMER_MAX_ATTEMPTS: i32 = 17;
 const RECEIVE_BATCH_SIZE: i32 = 32;
 const BROKER_NAME: &str = "ferry";
 /// Commands (check-backs) queued per Telemetry stream before the broker
@@ -73,6 +72,7 @@ impl Service {
             default_long_poll: config.default_long_polling,
             stream_ids: AtomicU64::new(1),
             policy: SettingsPolicy {
+                max_delivery_attempts: config.core.max_delivery_attempts,
                 max_body_bytes: config.core.limits.max_body_bytes,
                 long_polling: config.default_long_polling,
             },
@@ -101,6 +101,8 @@ impl Service {
 /// What the broker tells clients in the Telemetry settings reply.
 #[derive(Debug, Clone)]
 pub struct SettingsPolicy {
+    /// Published to consumers: deliveries before the dead-letter topic.
+    pub max_delivery_attempts: u32,
     pub max_body_bytes: usize,
     pub long_polling: Duration,
 }
@@ -135,7 +137,7 @@ impl SettingsPolicy {
             }
             Some(pb::settings::PubSub::Subscription(sub)) => {
                 reply.backoff_policy = Some(pb::RetryPolicy {
-                    max_attempts: CONSUMER_MAX_ATTEMPTS,
+                    max_attempts: i32::try_from(self.max_delivery_attempts).unwrap_or(i32::MAX),
                     strategy: Some(pb::retry_policy::Strategy::CustomizedBackoff(
                         pb::CustomizedBackoff {
                             next: CONSUMER_BACKOFF_SECS
@@ -581,13 +583,25 @@ impl MessagingService for Service {
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+        request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
     ) -> RpcResult<pb::ForwardMessageToDeadLetterQueueResponse> {
-        Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse {
-            status: Some(broker_status(BrokerError::NotImplemented(
-                "dead-letter forwarding",
-            ))),
-        }))
+        let reply = |status| {
+            Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse {
+                status: Some(status),
+            }))
+        };
+        if let Err(s) = client_id(&request) {
+            return reply(s);
+        }
+        let req = request.into_inner();
+        match self
+            .engine
+            .dead_letter(&name(&req.group), &name(&req.topic), &req.receipt_handle)
+            .await
+        {
+            Ok(()) => reply(status::ok()),
+            Err(e) => reply(status::from_error(&e)),
+        }
     }
 
     type PullMessageStream = BoxStream<pb::PullMessageResponse>;

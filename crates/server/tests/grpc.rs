@@ -540,3 +540,53 @@ async fn delayed_messages_are_never_early() {
         .as_millis() as i64;
     assert!(now >= due, "delivered {} ms early", due - now);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_messages_land_in_the_dead_letter_topic_with_their_identity() {
+    use pb::receive_message_response::Content;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = start(dir.path()).await;
+    let r = c
+        .send_message(req(pb::SendMessageRequest {
+            messages: vec![msg("dl", "poison", b"bad input")],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+    let got = receive_all(&mut c, "dl", 500).await;
+    let Some(Content::Message(m)) = got.iter().find(|c| matches!(c, Content::Message(_))) else {
+        panic!("expected the message, got {got:?}")
+    };
+    let sp = m.system_properties.as_ref().unwrap();
+    let r = c
+        .forward_message_to_dead_letter_queue(req(pb::ForwardMessageToDeadLetterQueueRequest {
+            group: res("g"),
+            topic: res("dl"),
+            receipt_handle: sp.receipt_handle.clone().unwrap(),
+            message_id: sp.message_id.clone(),
+            delivery_attempt: 1,
+            max_delivery_attempts: 17,
+            lite_topic: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+    let got = receive_all(&mut c, "%DLQ%g", 500).await;
+    let Some(Content::Message(m)) = got.iter().find(|c| matches!(c, Content::Message(_))) else {
+        panic!("expected the dead letter, got {got:?}")
+    };
+    let sp = m.system_properties.as_ref().unwrap();
+    assert_eq!(&m.body[..], b"bad input");
+    assert_eq!(sp.message_id, "poison");
+    let dlq = sp
+        .dead_letter_queue
+        .as_ref()
+        .expect("dead_letter_queue property");
+    assert_eq!(
+        (dlq.topic.as_str(), dlq.message_id.as_str()),
+        ("dl", "poison")
+    );
+    assert!(ids(&receive_all(&mut c, "dl", 200).await).is_empty());
+}
