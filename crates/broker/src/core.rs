@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use ferry_record::{
-    AckRecord, DeadLetterRecord, DeliverRecord, FireRecord, MessageRecord, Payload, Record,
-    RenewRecord, TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
+    AckRecord, DeadLetterRecord, DeliverRecord, FireRecord, MessageRecord, Payload, RecallRecord,
+    Record, RenewRecord, TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
 };
 
 use crate::filter::Filter;
@@ -93,6 +93,16 @@ pub struct ReceivePlan {
     /// Messages moved to the group's dead-letter topic instead of being
     /// delivered again (their last attempt had failed).
     pub dead_lettered: usize,
+}
+
+/// The handle that recalls the delayed message stored at `offset`.
+pub fn recall_handle(offset: u64) -> String {
+    format!("R{offset:016X}")
+}
+
+fn recall_offset(handle: &str) -> Option<u64> {
+    let hex = handle.strip_prefix('R').filter(|h| h.len() == 16)?;
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// The dead-letter topic of a consumer group.
@@ -376,6 +386,9 @@ impl Broker {
                 }
             }
             Payload::TxEnd(t) => self.apply_tx_end(log_offset + len as u64, rec.timestamp_ms, t),
+            Payload::Recall(r) => {
+                self.timers.remove(r.message_offset);
+            }
             Payload::DeadLetter(d) => {
                 self.apply_dead_letter(log_offset + len as u64, rec.timestamp_ms, d)
             }
@@ -522,6 +535,7 @@ impl Broker {
                 len: h.len,
                 topic: h.topic,
                 queue_id: t.queue_id,
+                message_id: h.message_id,
                 tag: h.tag,
                 store_ms: h.store_ms,
                 due_ms: h.delivery_ms.unwrap_or(now_ms),
@@ -563,6 +577,7 @@ impl Broker {
                 len,
                 topic: m.topic.clone(),
                 queue_id: m.queue_id,
+                message_id: m.message_id.clone(),
                 tag: m.tag.clone(),
                 store_ms,
                 due_ms,
@@ -1174,6 +1189,43 @@ impl Broker {
             });
         }
         plan
+    }
+
+    /// Decides a RecallMessage: the delayed message named by `recall_handle`
+    /// (issued at send) is cancelled if its time has not come. Returns the
+    /// record and the message id.
+    pub fn plan_recall(
+        &self,
+        now_ms: i64,
+        topic: &str,
+        recall_handle: &str,
+    ) -> Result<(Record, String), BrokerError> {
+        let offset = recall_offset(recall_handle).ok_or_else(|| {
+            BrokerError::BadRequest(format!(
+                "{recall_handle:?} is not a recall handle this broker issued"
+            ))
+        })?;
+        let t = self
+            .timers
+            .get(offset)
+            .filter(|t| t.topic == topic)
+            .ok_or_else(|| {
+                BrokerError::NotFound(format!(
+                    "no delayed message of topic {topic} waits under this handle: it was delivered, recalled, or never sent here"
+                ))
+            })?;
+        Ok((
+            Record {
+                term: 0,
+                timestamp_ms: now_ms,
+                payload: Payload::Recall(RecallRecord {
+                    message_offset: offset,
+                    topic: t.topic.clone(),
+                    message_id: t.message_id.clone(),
+                }),
+            },
+            t.message_id.clone(),
+        ))
     }
 
     /// The next timer due at `now_ms`, as the record that indexes it. Call

@@ -15,6 +15,7 @@ pub struct Timer {
     pub len: u32,
     pub topic: String,
     pub queue_id: u32,
+    pub message_id: String,
     pub tag: Option<String>,
     pub store_ms: i64,
     pub due_ms: i64,
@@ -40,6 +41,10 @@ impl Timers {
         if let Some(old) = self.timers.insert(t.log_offset, t) {
             self.schedule.remove(&(old.due_ms, old.log_offset));
         }
+    }
+
+    pub fn get(&self, offset: u64) -> Option<&Timer> {
+        self.timers.get(&offset)
     }
 
     pub fn remove(&mut self, offset: u64) -> Option<Timer> {

@@ -576,3 +576,39 @@ fn retention_keeps_pending_halves_and_timers_and_drops_late_entries() {
     assert!(losses.is_empty(), "no group had started: {losses:?}");
     assert_eq!(drain(&mut h, T0 + 1_000), ["n"]);
 }
+
+#[test]
+fn a_delayed_message_can_be_recalled_until_it_fires() {
+    let mut h = Harness::with_config(config());
+    let delayed = |id: &str| {
+        let mut m = incoming(id, None, 0);
+        m.kind = MessageKind::Delay;
+        m.delivery_timestamp_ms = Some(T0 + 1_000);
+        m
+    };
+    let a = recall_handle(h.store(T0, &delayed("a")));
+    let b = recall_handle(h.store(T0, &delayed("b")));
+    let (rec, id) = h.core.plan_recall(T0 + 10, "t", &a).unwrap();
+    assert_eq!(id, "a");
+    h.commit(rec);
+    assert!(matches!(
+        h.core.plan_recall(T0 + 20, "t", &a),
+        Err(BrokerError::NotFound(_))
+    ));
+    assert!(matches!(
+        h.core.plan_recall(T0 + 20, "other", &b),
+        Err(BrokerError::NotFound(_))
+    ));
+    assert!(matches!(
+        h.core.plan_recall(T0 + 20, "t", "nonsense"),
+        Err(BrokerError::BadRequest(_))
+    ));
+    h.crash_and_recover();
+    assert_eq!(h.fire(T0 + 1_000), 1);
+    assert_eq!(drain(&mut h, T0 + 1_000), ["b"]);
+    // Fired: too late to recall.
+    assert!(matches!(
+        h.core.plan_recall(T0 + 1_001, "t", &b),
+        Err(BrokerError::NotFound(_))
+    ));
+}

@@ -77,6 +77,7 @@ pub fn encoded_len(rec: &Record) -> usize {
         Payload::TxCheck(_) => 8 + 4 + 8,
         Payload::Fire(f) => 8 + s(&f.topic) + 4 + 8,
         Payload::DeadLetter(d) => s(&d.group) + s(&d.topic) + 4 + 8 + 8 + 4 + 4 + 8,
+        Payload::Recall(r) => 8 + s(&r.topic) + s(&r.message_id),
     };
     HEADER_LEN + payload
 }
@@ -194,6 +195,11 @@ pub fn encode(rec: &Record, offset: u64, out: &mut Vec<u8>) {
             out.put_u32_le(d.message_len);
             out.put_u32_le(d.attempts);
             out.put_u64_le(d.dlq_queue_offset);
+        }
+        Payload::Recall(r) => {
+            out.put_u64_le(r.message_offset);
+            put_str(out, &r.topic);
+            put_str(out, &r.message_id);
         }
     }
     debug_assert_eq!(out.len() - start, len, "encoded_len disagrees with encode");
@@ -380,6 +386,11 @@ pub fn decode(
             message_len: r.u32()?,
             attempts: r.u32()?,
             dlq_queue_offset: r.u64()?,
+        }),
+        Kind::Recall => Payload::Recall(RecallRecord {
+            message_offset: r.u64()?,
+            topic: r.string()?,
+            message_id: r.string()?,
         }),
     };
     if r.remaining() != 0 {

@@ -32,8 +32,8 @@ mod types;
 
 pub use codec::{decode, encode, encoded_len, peek_len, DecodeError};
 pub use types::{
-    AckRecord, DeadLetterRecord, DeliverRecord, FireRecord, Kind, MessageRecord, Payload, Record,
-    RenewRecord, TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
+    AckRecord, DeadLetterRecord, DeliverRecord, FireRecord, Kind, MessageRecord, Payload,
+    RecallRecord, Record, RenewRecord, TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
 };
 
 /// Bytes of the fixed record header.

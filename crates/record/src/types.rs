@@ -14,6 +14,7 @@ pub enum Kind {
     TxCheck = 6,
     Fire = 7,
     DeadLetter = 8,
+    Recall = 9,
 }
 
 impl Kind {
@@ -27,6 +28,7 @@ impl Kind {
             6 => Some(Kind::TxCheck),
             7 => Some(Kind::Fire),
             8 => Some(Kind::DeadLetter),
+            9 => Some(Kind::Recall),
             _ => None,
         }
     }
@@ -54,6 +56,7 @@ pub enum Payload {
     TxCheck(TxCheckRecord),
     Fire(FireRecord),
     DeadLetter(DeadLetterRecord),
+    Recall(RecallRecord),
 }
 
 impl Payload {
@@ -67,6 +70,7 @@ impl Payload {
             Payload::TxCheck(_) => Kind::TxCheck,
             Payload::Fire(_) => Kind::Fire,
             Payload::DeadLetter(_) => Kind::DeadLetter,
+            Payload::Recall(_) => Kind::Recall,
         }
     }
 }
@@ -235,4 +239,13 @@ pub struct DeadLetterRecord {
     /// Deliveries the group had made.
     pub attempts: u32,
     pub dlq_queue_offset: u64,
+}
+
+/// The producer recalled the delayed message at `message_offset` before its
+/// delivery time: its timer is cancelled and it is never delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecallRecord {
+    pub message_offset: u64,
+    pub topic: String,
+    pub message_id: String,
 }

@@ -192,6 +192,15 @@ fn payload() -> impl Strategy<Value = Payload> {
                     dlq_queue_offset: b.3,
                 })
             }),
+        (any::<u64>(), short_string(), short_string()).prop_map(
+            |(message_offset, topic, message_id)| {
+                Payload::Recall(RecallRecord {
+                    message_offset,
+                    topic,
+                    message_id,
+                })
+            }
+        ),
     ]
 }
 

@@ -55,6 +55,8 @@ pub struct Stored {
     pub queue_offset: Option<u64>,
     /// Half messages only: the id EndTransaction must name.
     pub transaction_id: Option<String>,
+    /// Messages waiting for their delivery time: the handle that recalls it.
+    pub recall_handle: Option<String>,
 }
 
 /// A check-back ready to send: the order and the half message itself.
@@ -361,6 +363,8 @@ impl Engine {
                         queue_offset: indexed.then_some(r.queue_offset),
                         transaction_id: is_half
                             .then(|| ferry_broker::transaction::transaction_id(offset)),
+                        recall_handle: (!is_half && !indexed)
+                            .then(|| ferry_broker::recall_handle(offset)),
                     });
                 }
             }
@@ -515,6 +519,17 @@ impl Engine {
             results.iter().filter(|r| r.is_ok()).count() as u64,
         );
         results
+    }
+
+    /// Cancels a delayed message whose time has not come; returns its id.
+    pub async fn recall(&self, topic: &str, recall_handle: &str) -> Result<String, EngineError> {
+        let (end, message_id) = {
+            let mut core = self.core();
+            let (rec, id) = core.plan_recall(now_ms(), topic, recall_handle)?;
+            (self.commit(&mut core, std::slice::from_ref(&rec))?, id)
+        };
+        self.log.wait_committed(end).await?;
+        Ok(message_id)
     }
 
     /// Moves an in-flight message to the group's dead-letter topic at the

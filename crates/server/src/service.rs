@@ -367,7 +367,7 @@ impl MessagingService for Service {
                     transaction_id: s.transaction_id.unwrap_or_default(),
                     // Not yet placed in a queue (half or delayed message).
                     offset: s.queue_offset.map_or(0, |o| o as i64),
-                    recall_handle: String::new(),
+                    recall_handle: s.recall_handle.unwrap_or_default(),
                 })
                 .collect(),
             Err(errors) => {
@@ -822,14 +822,26 @@ impl MessagingService for Service {
 
     async fn recall_message(
         &self,
-        _request: Request<pb::RecallMessageRequest>,
+        request: Request<pb::RecallMessageRequest>,
     ) -> RpcResult<pb::RecallMessageResponse> {
-        Ok(Response::new(pb::RecallMessageResponse {
-            status: Some(broker_status(BrokerError::NotImplemented(
-                "recalling delayed messages",
-            ))),
-            message_id: String::new(),
-        }))
+        let reply = |status, message_id| {
+            Ok(Response::new(pb::RecallMessageResponse {
+                status: Some(status),
+                message_id,
+            }))
+        };
+        if let Err(s) = client_id(&request) {
+            return reply(s, String::new());
+        }
+        let req = request.into_inner();
+        match self
+            .engine
+            .recall(&name(&req.topic), &req.recall_handle)
+            .await
+        {
+            Ok(id) => reply(status::ok(), id),
+            Err(e) => reply(status::from_error(&e), String::new()),
+        }
     }
 
     async fn sync_lite_subscription(

@@ -37,6 +37,7 @@ fn broker_code(e: &BrokerError) -> Code {
         B::BadRequest(_) | B::BatchRejected { .. } => Code::BadRequest,
         B::InvalidTransactionId(_) => Code::InvalidTransactionId,
         B::TransactionConflict(_) => Code::PreconditionFailed,
+        B::NotFound(_) => Code::NotFound,
         B::LimitReached(_) => Code::TooManyRequests,
     }
 }

@@ -525,12 +525,39 @@ async fn delayed_messages_are_never_early() {
         seconds: due / 1000,
         nanos: ((due % 1000) * 1_000_000) as i32,
     });
+    let mut recalled = m.clone();
+    recalled.system_properties.as_mut().unwrap().message_id = "recalled".into();
     let r = c
-        .send_message(req(pb::SendMessageRequest { messages: vec![m] }))
+        .send_message(req(pb::SendMessageRequest {
+            messages: vec![m, recalled],
+        }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(code(&r.status), Code::Ok);
+    let handle = r.entries[1].recall_handle.clone();
+    assert!(!handle.is_empty(), "a delayed message gets a recall handle");
+    let r = c
+        .recall_message(req(pb::RecallMessageRequest {
+            topic: res("dt"),
+            recall_handle: handle.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (code(&r.status), r.message_id.as_str()),
+        (Code::Ok, "recalled")
+    );
+    let r = c
+        .recall_message(req(pb::RecallMessageRequest {
+            topic: res("dt"),
+            recall_handle: handle,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::NotFound);
     assert!(ids(&receive_all(&mut c, "dt", 300).await).is_empty());
     // A long poll started before the time is woken when it comes.
     assert_eq!(ids(&receive_all(&mut c, "dt", 3000).await), ["later"]);
