@@ -129,18 +129,13 @@ async fn run_async(a: E2eArgs) -> Result<(), Box<dyn std::error::Error + Send + 
             let mut h = Histogram::<u64>::new(3).expect("histogram");
             let mut errors = 0u64;
             for i in 0..per_task {
-                let msg = pb::Message {
-                    topic: resource(&topic),
-                    user_properties: Default::default(),
-                    system_properties: Some(pb::SystemProperties {
-                        message_id: format!("B{t:05}{i:010}"),
-                        message_type: pb::MessageType::Normal as i32,
-                        queue_id: ((t + i) % queues) as i32,
-                        born_host: "bench".into(),
-                        ..Default::default()
-                    }),
-                    body: body.clone(),
-                };
+                let msg = net::message(
+                    &topic,
+                    format!("B{t:05}{i:010}"),
+                    pb::MessageType::Normal,
+                    ((t + i) % queues) as i32,
+                    &body,
+                );
                 let t0 = Instant::now();
                 let ok = c
                     .send_message(req(pb::SendMessageRequest {

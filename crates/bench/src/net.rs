@@ -41,6 +41,29 @@ pub async fn connect(addr: &str) -> Result<Channel, Box<dyn std::error::Error + 
     }
 }
 
+/// A benchmark message: `kind`, for `queue_id` (the broker takes it modulo
+/// the topic's queue count).
+pub fn message(
+    topic: &str,
+    id: String,
+    kind: pb::MessageType,
+    queue_id: i32,
+    body: &bytes::Bytes,
+) -> pb::Message {
+    pb::Message {
+        topic: resource(topic),
+        user_properties: Default::default(),
+        system_properties: Some(pb::SystemProperties {
+            message_id: id,
+            message_type: kind as i32,
+            queue_id,
+            born_host: "bench".into(),
+            ..Default::default()
+        }),
+        body: body.clone(),
+    }
+}
+
 /// The broker to measure: `server` if given, else one started in this
 /// process (default settings, sync flush) on a temporary directory that
 /// lives as long as the returned guard.

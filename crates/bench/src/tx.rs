@@ -164,17 +164,7 @@ async fn send(
     body: &Bytes,
     kind: pb::MessageType,
 ) -> Option<String> {
-    let msg = pb::Message {
-        topic: resource(topic),
-        user_properties: Default::default(),
-        system_properties: Some(pb::SystemProperties {
-            message_id: id.to_string(),
-            message_type: kind as i32,
-            born_host: "bench".into(),
-            ..Default::default()
-        }),
-        body: body.clone(),
-    };
+    let msg = net::message(topic, id.to_string(), kind, 0, body);
     let r = c
         .send_message(req(pb::SendMessageRequest {
             messages: vec![msg],

@@ -107,7 +107,7 @@ pub struct TransactionConfig {
     /// Check-backs sent per second at most, broker-wide (1000).
     pub max_checks_per_second: u32,
     /// Outcomes remembered to answer repeated or late EndTransaction calls
-    /// (500 000, roughly 60 MB); older ones are forgotten oldest-first.
+    /// (500 000); older ones are forgotten oldest-first.
     pub outcome_memory: usize,
 }
 

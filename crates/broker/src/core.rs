@@ -12,7 +12,7 @@ use ferry_record::{
 use crate::filter::Filter;
 use crate::group::{GroupQueue, Inflight};
 use crate::handle::{self, Receipt};
-use crate::timer::{Timer, Timers};
+use crate::timer::{Parked, Timer, Timers};
 use crate::topic::{Entry, Topic};
 use crate::transaction::{self, HalfMessage, Resolved, Transactions};
 use crate::{validate, BrokerError, CoreConfig};
@@ -93,6 +93,31 @@ pub struct ReceivePlan {
     /// Messages moved to the group's dead-letter topic instead of being
     /// delivered again (their last attempt had failed).
     pub dead_lettered: usize,
+}
+
+/// Where a message goes when it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Indexed at once: deliverable.
+    Queue,
+    /// A half message: parked until its transaction ends.
+    Half,
+    /// Parked until its delivery time.
+    Timer,
+}
+
+/// Decides a message's placement from its type, delivery time and store
+/// time. `prepare_message` and `apply` both ask this, `apply` with the
+/// record's own timestamp, so replay places every message as it was placed
+/// live.
+pub fn placement(message_type: u8, delivery_ms: Option<i64>, store_ms: i64) -> Placement {
+    if message_type == MessageKind::Transaction as u8 {
+        Placement::Half
+    } else if delivery_ms.is_some_and(|t| t > store_ms) {
+        Placement::Timer
+    } else {
+        Placement::Queue
+    }
 }
 
 /// The handle that recalls the delayed message stored at `offset`.
@@ -281,32 +306,17 @@ impl Broker {
             .topics
             .get(&m.topic)
             .ok_or_else(|| BrokerError::TopicNotFound(m.topic.clone()))?;
-        let limits = &self.config.limits;
-        let is_half = m.kind == MessageKind::Transaction;
-        // Not indexed on arrival: its queue offset is fixed when it is
-        // committed or its time comes. The same test runs in `apply`, on the
-        // record's own timestamp, so replay decides identically.
-        let deferred = is_half || m.delivery_timestamp_ms.is_some_and(|t| t > now_ms);
-        if is_half && self.transactions.pending_len() >= limits.max_pending_transactions {
-            return Err(BrokerError::LimitReached(format!(
-                "{} transactions are pending, the most this broker holds",
-                limits.max_pending_transactions
-            )));
-        }
-        if deferred && !is_half && self.timers.len() >= limits.max_pending_timers {
-            return Err(BrokerError::LimitReached(format!(
-                "{} messages wait for their delivery time, the most this broker holds",
-                limits.max_pending_timers
-            )));
-        }
+        // Limits were checked for the whole batch by `admit_batch`.
+        let placement = placement(m.kind as u8, m.delivery_timestamp_ms, now_ms);
         let queue_id = m.queue_id % topic.queues.len() as u32;
-        let queue_offset = if deferred {
-            0
-        } else {
-            topic.queues[queue_id as usize].next_offset()
+        // A parked message's queue offset is fixed when it is committed or
+        // its time comes.
+        let queue_offset = match placement {
+            Placement::Queue => topic.queues[queue_id as usize].next_offset(),
+            Placement::Half | Placement::Timer => 0,
         };
         let tx = &self.config.transactions;
-        let check_after_ms = if is_half {
+        let check_after_ms = if placement == Placement::Half {
             m.check_after_ms
                 .map(|v| v.clamp(tx.min_check_after_ms, tx.max_check_after_ms))
         } else {
@@ -398,38 +408,23 @@ impl Broker {
             }
             Payload::Fire(f) => {
                 if let Some(t) = self.timers.remove(f.message_offset) {
-                    self.index(
-                        &t.topic,
-                        f.queue_id,
-                        f.queue_offset,
-                        Entry {
-                            log_offset: t.log_offset,
-                            len: t.len,
-                            tag: None,
-                            store_ms: t.store_ms,
-                            ready_at: log_offset + len as u64,
-                        },
-                        t.tag.as_deref(),
-                        true,
-                    );
+                    let ready_at = log_offset + len as u64;
+                    self.index_parked(&t.msg, f.queue_id, f.queue_offset, ready_at);
                 }
             }
         }
     }
 
     fn apply_dead_letter(&mut self, ready_at: u64, now_ms: i64, d: &DeadLetterRecord) {
-        let mut tag = None;
         if let Some(gq) = self.group_queue_mut(&d.group, &d.topic, d.queue_id, d.queue_offset) {
             gq.settle(d.queue_offset);
         }
-        if let Some(e) = self
+        let tag = self
             .topics
             .get(&d.topic)
             .and_then(|t| t.queues.get(d.queue_id as usize))
             .and_then(|q| q.get(d.queue_offset))
-        {
-            tag = e.tag.clone();
-        }
+            .and_then(|e| e.tag.clone());
         let dlq = dlq_topic(&d.group);
         // Internal: made on first use, whatever the topic limits say, so a
         // failing message always has somewhere to go.
@@ -452,6 +447,14 @@ impl Broker {
         );
     }
 
+    /// Queue offset the next dead letter of `group` takes.
+    fn dlq_next_offset(&self, group: &str) -> u64 {
+        self.topics
+            .get(&dlq_topic(group))
+            .and_then(|t| t.queues.first())
+            .map_or(0, |q| q.next_offset())
+    }
+
     /// Decides a consumer's ForwardMessageToDeadLetterQueue: the in-flight
     /// message named by `receipt` moves to the group's dead-letter topic.
     pub fn plan_dead_letter(
@@ -471,11 +474,7 @@ impl Broker {
             .ok_or_else(|| {
                 BrokerError::InvalidReceiptHandle("the message it names is no longer stored".into())
             })?;
-        let dlq_queue_offset = self
-            .topics
-            .get(&dlq_topic(group))
-            .and_then(|t| t.queues.first())
-            .map_or(0, |q| q.next_offset());
+        let dlq_queue_offset = self.dlq_next_offset(group);
         Ok(Record {
             term: 0,
             timestamp_ms: now_ms,
@@ -516,29 +515,10 @@ impl Broker {
             return;
         }
         match t.queue_offset {
-            Some(q) => self.index(
-                &h.topic,
-                t.queue_id,
-                q,
-                Entry {
-                    log_offset: h.log_offset,
-                    len: h.len,
-                    tag: None,
-                    store_ms: h.store_ms,
-                    ready_at,
-                },
-                h.tag.as_deref(),
-                true,
-            ),
+            Some(q) => self.index_parked(&h.msg, t.queue_id, q, ready_at),
             None => self.timers.add(Timer {
-                log_offset: h.log_offset,
-                len: h.len,
-                topic: h.topic,
-                queue_id: t.queue_id,
-                message_id: h.message_id,
-                tag: h.tag,
-                store_ms: h.store_ms,
                 due_ms: h.delivery_ms.unwrap_or(now_ms),
+                msg: h.msg,
             }),
         }
     }
@@ -552,34 +532,23 @@ impl Broker {
         while topic.queues.len() <= m.queue_id as usize {
             topic.queues.push(Default::default());
         }
-        if m.message_type == MessageKind::Transaction as u8 {
+        let placement = placement(m.message_type, m.delivery_timestamp_ms, store_ms);
+        if placement == Placement::Half {
             let after = m
                 .check_after_ms
                 .unwrap_or(self.config.transactions.check_after_ms);
             self.transactions.add(HalfMessage {
-                log_offset,
-                len,
-                topic: m.topic.clone(),
-                queue_id: m.queue_id,
-                message_id: m.message_id.clone(),
-                tag: m.tag.clone(),
+                msg: Parked::of(m, log_offset, len, store_ms),
                 message_group: m.message_group.clone(),
                 delivery_ms: m.delivery_timestamp_ms,
-                store_ms,
                 checks: 0,
                 next_check_ms: store_ms.saturating_add(after),
             });
             return;
         }
-        if let Some(due_ms) = m.delivery_timestamp_ms.filter(|&t| t > store_ms) {
+        if let (Placement::Timer, Some(due_ms)) = (placement, m.delivery_timestamp_ms) {
             self.timers.add(Timer {
-                log_offset,
-                len,
-                topic: m.topic.clone(),
-                queue_id: m.queue_id,
-                message_id: m.message_id.clone(),
-                tag: m.tag.clone(),
-                store_ms,
+                msg: Parked::of(m, log_offset, len, store_ms),
                 due_ms,
             });
             return;
@@ -597,6 +566,26 @@ impl Broker {
             },
             m.tag.as_deref(),
             false,
+        );
+    }
+
+    /// Indexes a parked message (committed, or its time came) after records
+    /// newer than its own; the entry points at its original record.
+    fn index_parked(&mut self, p: &Parked, queue_id: u32, queue_offset: u64, ready_at: u64) {
+        let entry = Entry {
+            log_offset: p.log_offset,
+            len: p.len,
+            tag: None,
+            store_ms: p.store_ms,
+            ready_at,
+        };
+        self.index(
+            &p.topic,
+            queue_id,
+            queue_offset,
+            entry,
+            p.tag.as_deref(),
+            true,
         );
     }
 
@@ -725,11 +714,8 @@ impl Broker {
         let start = (self.rotation % n as u64) as usize;
         self.rotation = self.rotation.wrapping_add(1);
         let max_attempts = self.config.max_delivery_attempts.max(1);
-        let mut dlq_next = self
-            .topics
-            .get(&dlq_topic(req.group))
-            .and_then(|t| t.queues.first())
-            .map_or(0, |q| q.next_offset());
+        // Looked up only when a message is dead-lettered: not on every receive.
+        let mut dlq_next: Option<u64> = None;
         let mut plan = ReceivePlan::default();
         let mut handle = self.next_handle;
         let visible_at_ms = now_ms + req.invisible_ms;
@@ -786,6 +772,7 @@ impl Broker {
                 };
                 let attempt = gq.inflight.get(&off).map_or(1, |f| f.attempt + 1);
                 if attempt > max_attempts {
+                    let next = dlq_next.unwrap_or_else(|| self.dlq_next_offset(req.group));
                     plan.records.push(Record {
                         term: 0,
                         timestamp_ms: now_ms,
@@ -797,10 +784,10 @@ impl Broker {
                             message_offset: e.log_offset,
                             message_len: e.len,
                             attempts: attempt - 1,
-                            dlq_queue_offset: dlq_next,
+                            dlq_queue_offset: next,
                         }),
                     });
-                    dlq_next += 1;
+                    dlq_next = Some(next + 1);
                     plan.dead_lettered += 1;
                     continue;
                 }
@@ -1045,15 +1032,15 @@ impl Broker {
             ))
         };
         if let Some(h) = self.transactions.get(offset) {
-            if h.topic != topic || h.message_id != message_id {
-                return Err(mismatch(&h.topic, &h.message_id));
+            if h.msg.topic != topic || h.msg.message_id != message_id {
+                return Err(mismatch(&h.msg.topic, &h.msg.message_id));
             }
             let due_later = h.delivery_ms.is_some_and(|d| d > now_ms);
             let queue_offset = if outcome == TxOutcome::Commit && !due_later {
                 let q = self
                     .topics
-                    .get(&h.topic)
-                    .and_then(|t| t.queues.get(h.queue_id as usize))
+                    .get(&h.msg.topic)
+                    .and_then(|t| t.queues.get(h.msg.queue_id as usize))
                     .map_or(0, |q| q.next_offset());
                 Some(q)
             } else {
@@ -1074,11 +1061,11 @@ impl Broker {
                 timestamp_ms: now_ms,
                 payload: Payload::TxEnd(TxEndRecord {
                     half_offset: offset,
-                    topic: h.topic.clone(),
-                    message_id: h.message_id.clone(),
+                    topic: h.msg.topic.clone(),
+                    message_id: h.msg.message_id.clone(),
                     outcome,
                     source,
-                    queue_id: h.queue_id,
+                    queue_id: h.msg.queue_id,
                     queue_offset,
                     reason: format!("{what} by {who} after {} check-backs", h.checks),
                 }),
@@ -1146,12 +1133,12 @@ impl Broker {
                     term: 0,
                     timestamp_ms: now_ms,
                     payload: Payload::TxEnd(TxEndRecord {
-                        half_offset: h.log_offset,
-                        topic: h.topic.clone(),
-                        message_id: h.message_id.clone(),
+                        half_offset: h.msg.log_offset,
+                        topic: h.msg.topic.clone(),
+                        message_id: h.msg.message_id.clone(),
                         outcome: TxOutcome::Discard,
                         source: TxSource::CheckLimit,
-                        queue_id: h.queue_id,
+                        queue_id: h.msg.queue_id,
                         queue_offset: None,
                         reason: format!(
                             "no outcome after {} check-backs; discarded, never delivered",
@@ -1161,10 +1148,10 @@ impl Broker {
                 });
                 continue;
             }
-            if !producer_online(&h.topic) {
+            if !producer_online(&h.msg.topic) {
                 plan.deferred += 1;
                 self.transactions.defer(
-                    h.log_offset,
+                    h.msg.log_offset,
                     now_ms.saturating_add(cfg.no_producer_retry_ms),
                 );
                 continue;
@@ -1174,17 +1161,17 @@ impl Broker {
                 term: 0,
                 timestamp_ms: now_ms,
                 payload: Payload::TxCheck(TxCheckRecord {
-                    half_offset: h.log_offset,
+                    half_offset: h.msg.log_offset,
                     checks: check,
                     next_check_ms: now_ms.saturating_add(cfg.check_interval_ms),
                 }),
             });
             plan.orders.push(CheckOrder {
-                half_offset: h.log_offset,
-                len: h.len,
-                topic: h.topic,
-                message_id: h.message_id,
-                transaction_id: transaction::transaction_id(h.log_offset),
+                half_offset: h.msg.log_offset,
+                len: h.msg.len,
+                topic: h.msg.topic,
+                message_id: h.msg.message_id,
+                transaction_id: transaction::transaction_id(h.msg.log_offset),
                 check,
             });
         }
@@ -1208,7 +1195,7 @@ impl Broker {
         let t = self
             .timers
             .get(offset)
-            .filter(|t| t.topic == topic)
+            .filter(|t| t.msg.topic == topic)
             .ok_or_else(|| {
                 BrokerError::NotFound(format!(
                     "no delayed message of topic {topic} waits under this handle: it was delivered, recalled, or never sent here"
@@ -1220,11 +1207,11 @@ impl Broker {
                 timestamp_ms: now_ms,
                 payload: Payload::Recall(RecallRecord {
                     message_offset: offset,
-                    topic: t.topic.clone(),
-                    message_id: t.message_id.clone(),
+                    topic: t.msg.topic.clone(),
+                    message_id: t.msg.message_id.clone(),
                 }),
             },
-            t.message_id.clone(),
+            t.msg.message_id.clone(),
         ))
     }
 
@@ -1234,20 +1221,20 @@ impl Broker {
         let t = self.timers.first_due(now_ms)?.clone();
         let Some(queue) = self
             .topics
-            .get(&t.topic)
-            .and_then(|topic| topic.queues.get(t.queue_id as usize))
+            .get(&t.msg.topic)
+            .and_then(|topic| topic.queues.get(t.msg.queue_id as usize))
         else {
             debug_assert!(false, "timer for a queue that does not exist");
-            self.timers.remove(t.log_offset);
+            self.timers.remove(t.msg.log_offset);
             return None;
         };
         Some(Record {
             term: 0,
             timestamp_ms: now_ms,
             payload: Payload::Fire(FireRecord {
-                message_offset: t.log_offset,
-                topic: t.topic,
-                queue_id: t.queue_id,
+                message_offset: t.msg.log_offset,
+                topic: t.msg.topic,
+                queue_id: t.msg.queue_id,
                 queue_offset: queue.next_offset(),
             }),
         })

@@ -28,8 +28,9 @@ pub mod validate;
 
 pub use crate::config::{CoreConfig, Limits, TransactionConfig};
 pub use crate::core::{
-    dlq_topic, recall_handle, Broker, CheckOrder, CheckPlan, Delivery, EndDecision,
-    GroupQueueStats, Incoming, MessageKind, ReceivePlan, ReceiveRequest, RetentionLoss, TopicStats,
+    dlq_topic, placement, recall_handle, Broker, CheckOrder, CheckPlan, Delivery, EndDecision,
+    GroupQueueStats, Incoming, MessageKind, Placement, ReceivePlan, ReceiveRequest, RetentionLoss,
+    TopicStats,
 };
 pub use crate::error::BrokerError;
 pub use crate::filter::Filter;

@@ -9,8 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use ferry_record::MessageRecord;
+
+/// A stored message that is not in any queue yet (a half message, or one
+/// waiting for its delivery time): what indexing it later needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Timer {
+pub struct Parked {
     pub log_offset: u64,
     pub len: u32,
     pub topic: String,
@@ -18,6 +22,25 @@ pub struct Timer {
     pub message_id: String,
     pub tag: Option<String>,
     pub store_ms: i64,
+}
+
+impl Parked {
+    pub fn of(m: &MessageRecord, log_offset: u64, len: u32, store_ms: i64) -> Self {
+        Parked {
+            log_offset,
+            len,
+            topic: m.topic.clone(),
+            queue_id: m.queue_id,
+            message_id: m.message_id.clone(),
+            tag: m.tag.clone(),
+            store_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    pub msg: Parked,
     pub due_ms: i64,
 }
 
@@ -37,9 +60,9 @@ impl Timers {
     }
 
     pub fn add(&mut self, t: Timer) {
-        self.schedule.insert((t.due_ms, t.log_offset));
-        if let Some(old) = self.timers.insert(t.log_offset, t) {
-            self.schedule.remove(&(old.due_ms, old.log_offset));
+        self.schedule.insert((t.due_ms, t.msg.log_offset));
+        if let Some(old) = self.timers.insert(t.msg.log_offset, t) {
+            self.schedule.remove(&(old.due_ms, old.msg.log_offset));
         }
     }
 

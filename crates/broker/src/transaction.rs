@@ -15,20 +15,16 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ferry_record::{TxOutcome, TxSource};
+
+use crate::timer::Parked;
 use serde::Serialize;
 
 /// A half message waiting for its transaction's outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HalfMessage {
-    pub log_offset: u64,
-    pub len: u32,
-    pub topic: String,
-    pub queue_id: u32,
-    pub message_id: String,
-    pub tag: Option<String>,
+    pub msg: Parked,
     pub message_group: Option<String>,
     pub delivery_ms: Option<i64>,
-    pub store_ms: i64,
     /// Check-backs sent so far.
     pub checks: u32,
     pub next_check_ms: i64,
@@ -113,17 +109,14 @@ impl Transactions {
     }
 
     pub fn add(&mut self, half: HalfMessage) {
-        if self.resolved.contains_key(&half.log_offset) {
-            debug_assert!(
-                false,
-                "half message at {} already resolved",
-                half.log_offset
-            );
+        let offset = half.msg.log_offset;
+        if self.resolved.contains_key(&offset) {
+            debug_assert!(false, "half message at {offset} already resolved");
             return;
         }
-        self.schedule.insert((half.next_check_ms, half.log_offset));
-        if let Some(old) = self.pending.insert(half.log_offset, half) {
-            self.schedule.remove(&(old.next_check_ms, old.log_offset));
+        self.schedule.insert((half.next_check_ms, offset));
+        if let Some(old) = self.pending.insert(offset, half) {
+            self.schedule.remove(&(old.next_check_ms, offset));
         }
     }
 
@@ -202,15 +195,17 @@ mod tests {
 
     fn half(off: u64, next: i64) -> HalfMessage {
         HalfMessage {
-            log_offset: off,
-            len: 10,
-            topic: "t".into(),
-            queue_id: 0,
-            message_id: format!("m{off}"),
-            tag: None,
+            msg: Parked {
+                log_offset: off,
+                len: 10,
+                topic: "t".into(),
+                queue_id: 0,
+                message_id: format!("m{off}"),
+                tag: None,
+                store_ms: 0,
+            },
             message_group: None,
             delivery_ms: None,
-            store_ms: 0,
             checks: 0,
             next_check_ms: next,
         }
@@ -244,7 +239,10 @@ mod tests {
         t.add(half(10, 100));
         t.add(half(20, 50));
         assert_eq!(t.next_due(), Some(50));
-        assert_eq!(t.due(60).map(|h| h.log_offset).collect::<Vec<_>>(), [20]);
+        assert_eq!(
+            t.due(60).map(|h| h.msg.log_offset).collect::<Vec<_>>(),
+            [20]
+        );
         t.checked(20, 1, 200);
         assert_eq!(t.next_due(), Some(100));
         t.defer(10, 300);

@@ -18,6 +18,21 @@ fn config() -> CoreConfig {
     c
 }
 
+/// A transactional message for queue 0.
+fn tx_message(id: &str) -> Incoming {
+    let mut m = incoming(id, None, 0);
+    m.kind = MessageKind::Transaction;
+    m
+}
+
+/// A delayed message for queue 0, due at `due`.
+fn delayed(id: &str, due: i64) -> Incoming {
+    let mut m = incoming(id, None, 0);
+    m.kind = MessageKind::Delay;
+    m.delivery_timestamp_ms = Some(due);
+    m
+}
+
 /// Stores a half message; returns its transaction id.
 fn half(h: &mut Harness, now: i64, id: &str) -> String {
     let mut m = incoming(id, Some("tag"), 1);
@@ -268,12 +283,10 @@ fn check_rounds_respect_their_budget() {
 #[test]
 fn producer_requested_first_check_is_capped() {
     let mut h = Harness::with_config(config());
-    let mut m = incoming("m1", None, 0);
-    m.kind = MessageKind::Transaction;
+    let mut m = tx_message("m1");
     m.check_after_ms = Some(10); // below the 1 s floor
     h.store(T0, &m);
-    let mut m = incoming("m2", None, 0);
-    m.kind = MessageKind::Transaction;
+    let mut m = tx_message("m2");
     m.check_after_ms = Some(i64::MAX); // above the 1 h cap
     h.store(T0, &m);
     let next: Vec<i64> = h
@@ -300,12 +313,27 @@ fn pending_transactions_are_bounded() {
     let mut h = Harness::with_config(c);
     half(&mut h, T0, "a");
     half(&mut h, T0, "b");
-    let mut m = incoming("c", None, 0);
-    m.kind = MessageKind::Transaction;
     assert!(matches!(
-        h.core.admit_batch(T0, &[m]),
+        h.core.admit_batch(T0, &[tx_message("c")]),
         Err((0, BrokerError::LimitReached(_)))
     ));
+}
+
+#[test]
+fn pending_timers_are_bounded_for_the_whole_batch() {
+    let mut c = config();
+    c.limits.max_pending_timers = 2;
+    let mut h = Harness::with_config(c);
+    h.store(T0, &delayed("a", T0 + 1_000));
+    // Two more in one batch: the second would pass the limit, so the batch
+    // is refused at its index; a message due now needs no timer.
+    let batch = [delayed("b", T0 + 1_000), delayed("c", T0 + 1_000)];
+    assert!(matches!(
+        h.core.admit_batch(T0, &batch),
+        Err((1, BrokerError::LimitReached(_)))
+    ));
+    assert!(h.core.admit_batch(T0, &[delayed("now", T0)]).is_ok());
+    assert!(h.core.admit_batch(T0, &batch[..1]).is_ok());
 }
 
 /// Things that can happen to one transaction.
@@ -439,10 +467,7 @@ fn every_ordering_keeps_the_first_accepted_outcome() {
 fn delayed_messages_fire_at_their_time_and_survive_a_crash() {
     let mut h = Harness::with_config(config());
     for (id, due) in [("late", T0 + 5_000), ("soon", T0 + 1_000), ("past", T0 - 1)] {
-        let mut m = incoming(id, None, 0);
-        m.kind = MessageKind::Delay;
-        m.delivery_timestamp_ms = Some(due);
-        h.store(T0, &m);
+        h.store(T0, &delayed(id, due));
     }
     assert_eq!(drain(&mut h, T0), ["past"]);
     assert_eq!(h.fire(T0 + 999), 0);
@@ -462,9 +487,7 @@ fn delayed_messages_fire_at_their_time_and_survive_a_crash() {
 #[test]
 fn delivery_time_too_far_ahead_is_refused() {
     let h = Harness::with_config(config());
-    let mut m = incoming("m", None, 0);
-    m.kind = MessageKind::Delay;
-    m.delivery_timestamp_ms = Some(T0 + 7 * 24 * 3600 * 1000 + 1);
+    let mut m = delayed("m", T0 + 7 * 24 * 3600 * 1000 + 1);
     assert!(matches!(
         h.core.admit_batch(T0, std::slice::from_ref(&m)),
         Err((0, BrokerError::IllegalDeliveryTime(_)))
@@ -479,8 +502,7 @@ fn delivery_time_too_far_ahead_is_refused() {
 #[test]
 fn a_committed_transaction_with_a_delivery_time_fires_then() {
     let mut h = Harness::with_config(config());
-    let mut m = incoming("m", None, 0);
-    m.kind = MessageKind::Transaction;
+    let mut m = tx_message("m");
     m.delivery_timestamp_ms = Some(T0 + 5_000);
     let at = h.store(T0, &m);
     let tx = transaction::transaction_id(at);
@@ -500,8 +522,7 @@ fn a_committed_transaction_with_a_delivery_time_fires_then() {
     assert_eq!(h.fire(T0 + 5_000), 1);
     assert_eq!(drain(&mut h, T0 + 5_000), ["m"]);
     // Committed after its time: deliverable at once.
-    let mut m = incoming("m2", None, 0);
-    m.kind = MessageKind::Transaction;
+    let mut m = tx_message("m2");
     m.delivery_timestamp_ms = Some(T0 + 6_000);
     let tx = transaction::transaction_id(h.store(T0 + 5_000, &m));
     end(
@@ -559,10 +580,7 @@ fn retention_keeps_pending_halves_and_timers_and_drops_late_entries() {
     let mut h = Harness::with_config(config());
     let tx = half(&mut h, T0, "h");
     assert_eq!(h.core.pinned_offset(), Some(0));
-    let mut m = incoming("d", None, 0);
-    m.kind = MessageKind::Delay;
-    m.delivery_timestamp_ms = Some(T0 + 1_000);
-    let timer_at = h.store(T0, &m);
+    let timer_at = h.store(T0, &delayed("d", T0 + 1_000));
     h.send(T0, "n", None, 1);
     let n_at = h.log.last().unwrap().0;
     end(&mut h, T0, "h", &tx, TxOutcome::Commit, TxSource::Client).unwrap();
@@ -580,14 +598,8 @@ fn retention_keeps_pending_halves_and_timers_and_drops_late_entries() {
 #[test]
 fn a_delayed_message_can_be_recalled_until_it_fires() {
     let mut h = Harness::with_config(config());
-    let delayed = |id: &str| {
-        let mut m = incoming(id, None, 0);
-        m.kind = MessageKind::Delay;
-        m.delivery_timestamp_ms = Some(T0 + 1_000);
-        m
-    };
-    let a = recall_handle(h.store(T0, &delayed("a")));
-    let b = recall_handle(h.store(T0, &delayed("b")));
+    let a = recall_handle(h.store(T0, &delayed("a", T0 + 1_000)));
+    let b = recall_handle(h.store(T0, &delayed("b", T0 + 1_000)));
     let (rec, id) = h.core.plan_recall(T0 + 10, "t", &a).unwrap();
     assert_eq!(id, "a");
     h.commit(rec);

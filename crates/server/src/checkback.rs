@@ -33,8 +33,7 @@ pub async fn run(
     store_host: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    let per_second = engine.transaction_config().max_checks_per_second.max(1) as f64;
-    let mut tokens = per_second;
+    let mut limit = RateLimit::new(engine.transaction_config().max_checks_per_second);
     let mut last = tokio::time::Instant::now();
     loop {
         let changed = engine.schedule_changed();
@@ -51,9 +50,9 @@ pub async fn run(
         };
 
         let now = tokio::time::Instant::now();
-        tokens = (tokens + per_second * now.duration_since(last).as_secs_f64()).min(per_second);
+        limit.refill(now.duration_since(last));
         last = now;
-        let budget = tokens as usize;
+        let budget = limit.budget();
         if budget > 0 {
             // A check is decided (and counted) only when a producer of the
             // topic has room on its stream for it in this round.
@@ -70,7 +69,7 @@ pub async fn run(
             };
             match engine.run_checks(budget, &mut online).await {
                 Ok(checks) => {
-                    tokens -= checks.len() as f64;
+                    limit.spend(checks.len());
                     for cb in checks {
                         let topic = cb.order.topic.clone();
                         let Some(tx) = clients.producer_for(&topic) else {
@@ -119,7 +118,7 @@ pub async fn run(
             let ms = (due - now_ms()).max(0) as u64;
             sleep = sleep.min(Duration::from_millis(ms));
         }
-        if tokens < 1.0 {
+        if limit.budget() == 0 {
             sleep = sleep.max(Duration::from_millis(10));
         }
         tokio::select! {
@@ -127,5 +126,54 @@ pub async fn run(
             _ = &mut changed => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// A token bucket: at most `per_second` check-backs a second, with bursts
+/// up to one second's worth.
+#[derive(Debug)]
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        RateLimit {
+            per_second,
+            tokens: per_second,
+        }
+    }
+
+    fn refill(&mut self, elapsed: Duration) {
+        self.tokens = (self.tokens + self.per_second * elapsed.as_secs_f64()).min(self.per_second);
+    }
+
+    /// Check-backs that may be sent now.
+    fn budget(&self) -> usize {
+        self.tokens.max(0.0) as usize
+    }
+
+    fn spend(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_one_second_of_burst_then_the_rate() {
+        let mut r = RateLimit::new(100);
+        assert_eq!(r.budget(), 100);
+        r.spend(100);
+        assert_eq!(r.budget(), 0);
+        r.refill(Duration::from_millis(250));
+        assert_eq!(r.budget(), 25);
+        r.refill(Duration::from_secs(60));
+        assert_eq!(r.budget(), 100, "idle time does not build a bigger burst");
+        assert_eq!(RateLimit::new(0).budget(), 1, "zero means one a second");
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_broker::{
-    Broker, BrokerError, CheckOrder, Delivery, EndDecision, Filter, Incoming, MessageKind,
+    placement, Broker, BrokerError, CheckOrder, Delivery, EndDecision, Filter, Incoming, Placement,
     ReceiveRequest,
 };
 use ferry_record::{MessageRecord, Payload, Record, TxOutcome, TxSource};
@@ -355,15 +355,15 @@ impl Engine {
                 core.apply(offset, len, &rec);
                 end = offset + len as u64;
                 if let Payload::Message(r) = &rec.payload {
-                    let is_half = m.kind == MessageKind::Transaction;
-                    let indexed = !is_half && r.delivery_timestamp_ms.is_none_or(|t| t <= now);
+                    let placed =
+                        placement(r.message_type, r.delivery_timestamp_ms, rec.timestamp_ms);
                     stored.push(Stored {
                         message_id: r.message_id.clone(),
                         queue_id: r.queue_id,
-                        queue_offset: indexed.then_some(r.queue_offset),
-                        transaction_id: is_half
+                        queue_offset: (placed == Placement::Queue).then_some(r.queue_offset),
+                        transaction_id: (placed == Placement::Half)
                             .then(|| ferry_broker::transaction::transaction_id(offset)),
-                        recall_handle: (!is_half && !indexed)
+                        recall_handle: (placed == Placement::Timer)
                             .then(|| ferry_broker::recall_handle(offset)),
                     });
                 }
@@ -389,10 +389,7 @@ impl Engine {
         // A new timer may be due before the scheduler's next look. (A new
         // half message is not: its first check lies seconds ahead, and the
         // scheduler looks at least once a second.)
-        if stored
-            .iter()
-            .any(|s| s.queue_offset.is_none() && s.transaction_id.is_none())
-        {
+        if stored.iter().any(|s| s.recall_handle.is_some()) {
             self.schedule_changed.notify_waiters();
         }
         Ok(stored)
@@ -424,13 +421,14 @@ impl Engine {
                 let next = core.next_expiry(&args.group, &args.topic);
                 (plan, end, next)
             };
-            if plan.dead_lettered > 0 {
+            if !plan.records.is_empty() {
                 self.log.wait_committed(end).await?;
+            }
+            if plan.dead_lettered > 0 {
                 Metrics::add(&self.metrics.dead_lettered, plan.dead_lettered as u64);
                 self.wake(&ferry_broker::dlq_topic(&args.group));
             }
             if !plan.deliveries.is_empty() {
-                self.log.wait_committed(end).await?;
                 return Ok(self.read_deliveries(&args.topic, plan.deliveries));
             }
             let mut wake_at = deadline;
@@ -582,42 +580,31 @@ impl Engine {
         outcome: TxOutcome,
         source: TxSource,
     ) -> Result<EndDecision, EngineError> {
-        let (decision, end) = {
+        let (rec, end) = {
             let mut core = self.core();
             let decision = core
                 .plan_end_transaction(now_ms(), topic, message_id, transaction_id, outcome, source)
                 .inspect_err(|_| Metrics::add(&self.metrics.tx_end_refused, 1))?;
-            let end = match &decision {
-                EndDecision::Record(rec) => {
-                    self.commit(&mut core, std::slice::from_ref(rec.as_ref()))?
-                }
-                EndDecision::AlreadyEnded(_) => 0,
+            let EndDecision::Record(rec) = decision else {
+                Metrics::add(&self.metrics.tx_end_repeated, 1);
+                return Ok(decision);
             };
-            (decision, end)
+            let end = self.commit(&mut core, std::slice::from_ref(rec.as_ref()))?;
+            (rec, end)
         };
-        match &decision {
-            EndDecision::Record(_) => {
-                self.log.wait_committed(end).await?;
-                let c = match outcome {
-                    TxOutcome::Commit => &self.metrics.tx_committed,
-                    _ => &self.metrics.tx_rolled_back,
-                };
-                Metrics::add(c, 1);
-                if outcome == TxOutcome::Commit {
-                    self.wake(topic);
-                }
-                if let EndDecision::Record(rec) = &decision {
-                    if let Payload::TxEnd(t) = &rec.payload {
-                        if t.outcome == TxOutcome::Commit && t.queue_offset.is_none() {
-                            // Its delivery time lies ahead: it became a timer.
-                            self.schedule_changed.notify_waiters();
-                        }
-                    }
+        self.log.wait_committed(end).await?;
+        match &rec.payload {
+            Payload::TxEnd(t) if t.outcome == TxOutcome::Commit => {
+                Metrics::add(&self.metrics.tx_committed, 1);
+                self.wake(topic);
+                if t.queue_offset.is_none() {
+                    // Its delivery time lies ahead: it became a timer.
+                    self.schedule_changed.notify_waiters();
                 }
             }
-            EndDecision::AlreadyEnded(_) => Metrics::add(&self.metrics.tx_end_repeated, 1),
+            _ => Metrics::add(&self.metrics.tx_rolled_back, 1),
         }
-        Ok(decision)
+        Ok(EndDecision::Record(rec))
     }
 
     /// One round of check-backs: decides (at most `budget`), makes the check

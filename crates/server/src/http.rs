@@ -2,6 +2,7 @@
 //! admin API (topics, groups, clients, transactions, recovery report).
 
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -107,13 +108,13 @@ async fn transactions(State(s): State<AppState>) -> Json<serde_json::Value> {
         Json(json!({
             "pending_count": t.pending_len(),
             "pending": t.pending().take(PENDING_LIST_MAX).map(|h| json!({
-                "transaction_id": ferry_broker::transaction::transaction_id(h.log_offset),
-                "topic": h.topic,
-                "message_id": h.message_id,
-                "queue_id": h.queue_id,
+                "transaction_id": ferry_broker::transaction::transaction_id(h.msg.log_offset),
+                "topic": h.msg.topic,
+                "message_id": h.msg.message_id,
+                "queue_id": h.msg.queue_id,
                 "message_group": h.message_group,
                 "delivery_timestamp_ms": h.delivery_ms,
-                "stored_ms": h.store_ms,
+                "stored_ms": h.msg.store_ms,
                 "checks": h.checks,
                 "next_check_ms": h.next_check_ms,
             })).collect::<Vec<_>>(),
@@ -156,53 +157,47 @@ fn escape(label: &str) -> String {
 async fn metrics(State(s): State<AppState>) -> Response {
     let m = &s.engine.metrics;
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    };
-    counter(
-        "ferry_messages_stored_total",
-        "Messages durably stored.",
-        Metrics::get(&m.messages_stored),
-    );
-    counter(
-        "ferry_message_bytes_stored_total",
-        "Body bytes durably stored.",
-        Metrics::get(&m.bytes_stored),
-    );
-    counter(
-        "ferry_send_rejected_total",
-        "Messages refused by validation.",
-        Metrics::get(&m.send_rejected),
-    );
-    counter(
-        "ferry_messages_delivered_total",
-        "Messages handed to consumers.",
-        Metrics::get(&m.messages_delivered),
-    );
-    counter(
-        "ferry_redeliveries_total",
-        "Deliveries with attempt > 1.",
-        Metrics::get(&m.redeliveries),
-    );
-    counter(
-        "ferry_acks_total",
-        "Acknowledgements made durable.",
-        Metrics::get(&m.acks),
-    );
-    counter(
-        "ferry_invisibility_changes_total",
-        "ChangeInvisibleDuration calls applied.",
-        Metrics::get(&m.invisibility_changes),
-    );
-    counter(
-        "ferry_corrupt_reads_total",
-        "Records that failed their checksum on read.",
-        Metrics::get(&m.corrupt_reads),
-    );
-    for (name, help, c) in [
+    let counters: [(&str, &str, &AtomicU64); 18] = [
+        (
+            "ferry_messages_stored_total",
+            "Messages durably stored.",
+            &m.messages_stored,
+        ),
+        (
+            "ferry_message_bytes_stored_total",
+            "Body bytes durably stored.",
+            &m.bytes_stored,
+        ),
+        (
+            "ferry_send_rejected_total",
+            "Messages refused by validation.",
+            &m.send_rejected,
+        ),
+        (
+            "ferry_messages_delivered_total",
+            "Messages handed to consumers.",
+            &m.messages_delivered,
+        ),
+        (
+            "ferry_redeliveries_total",
+            "Deliveries with attempt > 1.",
+            &m.redeliveries,
+        ),
+        (
+            "ferry_acks_total",
+            "Acknowledgements made durable.",
+            &m.acks,
+        ),
+        (
+            "ferry_invisibility_changes_total",
+            "ChangeInvisibleDuration calls applied.",
+            &m.invisibility_changes,
+        ),
+        (
+            "ferry_corrupt_reads_total",
+            "Records that failed their checksum on read.",
+            &m.corrupt_reads,
+        ),
         (
             "ferry_tx_half_stored_total",
             "Half (transactional) messages durably stored.",
@@ -253,26 +248,37 @@ async fn metrics(State(s): State<AppState>) -> Response {
             "Messages indexed when their delivery time came.",
             &m.timers_fired,
         ),
-    ] {
-        counter(name, help, Metrics::get(c));
+    ];
+    for (name, help, c) in counters {
+        let v = Metrics::get(c);
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
     }
     let (tx_pending, timers_pending) = s
         .engine
         .with_core(|c| (c.transactions().pending_len(), c.timers().len()));
-    let _ = writeln!(
-        out,
-        "# HELP ferry_tx_pending Half messages waiting for their transaction outcome.\n# TYPE ferry_tx_pending gauge\nferry_tx_pending {tx_pending}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP ferry_timers_pending Messages waiting for their delivery time.\n# TYPE ferry_timers_pending gauge\nferry_timers_pending {timers_pending}"
-    );
-    let progress = s.engine.log().progress();
-    let _ = writeln!(
-        out,
-        "# HELP ferry_log_committed_offset_bytes Committed end of the commit log.\n# TYPE ferry_log_committed_offset_bytes gauge\nferry_log_committed_offset_bytes {}",
-        progress.committed
-    );
+    let gauges = [
+        (
+            "ferry_tx_pending",
+            "Half messages waiting for their transaction outcome.",
+            tx_pending as u64,
+        ),
+        (
+            "ferry_timers_pending",
+            "Messages waiting for their delivery time.",
+            timers_pending as u64,
+        ),
+        (
+            "ferry_log_committed_offset_bytes",
+            "Committed end of the commit log.",
+            s.engine.log().progress().committed,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
     let _ = writeln!(out, "# HELP ferry_queue_max_offset Next queue offset per queue.\n# TYPE ferry_queue_max_offset gauge");
     for t in s.engine.with_core(|c| c.topic_stats()) {
         for (i, (_, max)) in t.queues.iter().enumerate() {

@@ -75,6 +75,20 @@ fn msg(topic: &str, id: &str, body: &[u8]) -> pb::Message {
     }
 }
 
+/// Opens a Telemetry stream that sends `settings` and then stays open.
+async fn telemetry(
+    c: &mut MessagingServiceClient<Channel>,
+    settings: pb::Settings,
+) -> tonic::Streaming<pb::TelemetryCommand> {
+    use tokio_stream::StreamExt;
+    let outbound = tokio_stream::iter(vec![pb::TelemetryCommand {
+        status: None,
+        command: Some(pb::telemetry_command::Command::Settings(settings)),
+    }])
+    .chain(tokio_stream::pending());
+    c.telemetry(req(outbound)).await.unwrap().into_inner()
+}
+
 fn code(s: &Option<pb::Status>) -> Code {
     Code::try_from(s.as_ref().expect("status").code).unwrap()
 }
@@ -324,7 +338,6 @@ async fn refusals_carry_precise_codes_and_store_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_settings_exchange() {
-    use tokio_stream::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let mut c = start(dir.path()).await;
     let settings = pb::Settings {
@@ -335,12 +348,7 @@ async fn telemetry_settings_exchange() {
         })),
         ..Default::default()
     };
-    let outbound = tokio_stream::iter(vec![pb::TelemetryCommand {
-        status: None,
-        command: Some(pb::telemetry_command::Command::Settings(settings)),
-    }])
-    .chain(tokio_stream::pending());
-    let mut inbound = c.telemetry(req(outbound)).await.unwrap().into_inner();
+    let mut inbound = telemetry(&mut c, settings).await;
     let reply = inbound.message().await.unwrap().unwrap();
     assert_eq!(code(&reply.status), Code::Ok);
     let Some(pb::telemetry_command::Command::Settings(s)) = reply.command else {
@@ -365,14 +373,7 @@ async fn telemetry_settings_exchange() {
     assert_eq!(code(&r.status), Code::Ok);
 
     // Settings without publishing or subscription fail the stream.
-    let bad = tokio_stream::iter(vec![pb::TelemetryCommand {
-        status: None,
-        command: Some(pb::telemetry_command::Command::Settings(
-            pb::Settings::default(),
-        )),
-    }])
-    .chain(tokio_stream::pending());
-    let mut inbound = c.telemetry(req(bad)).await.unwrap().into_inner();
+    let mut inbound = telemetry(&mut c, pb::Settings::default()).await;
     let err = inbound.message().await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
@@ -427,7 +428,6 @@ fn ids(items: &[pb::receive_message_response::Content]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_end_and_check_back_over_grpc() {
     use pb::{TransactionResolution as R, TransactionSource as S};
-    use tokio_stream::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let mut c = start_with(dir.path(), |cfg| {
         cfg.core.transactions.check_after_ms = 300;
@@ -465,12 +465,7 @@ async fn transactions_end_and_check_back_over_grpc() {
         })),
         ..Default::default()
     };
-    let outbound = tokio_stream::iter(vec![pb::TelemetryCommand {
-        status: None,
-        command: Some(pb::telemetry_command::Command::Settings(settings)),
-    }])
-    .chain(tokio_stream::pending());
-    let mut inbound = c.telemetry(req(outbound)).await.unwrap().into_inner();
+    let mut inbound = telemetry(&mut c, settings).await;
     inbound.message().await.unwrap().unwrap(); // the settings reply
     let tx = send_tx(&mut c, "tt", "c").await;
     let cmd = tokio::time::timeout(Duration::from_secs(5), inbound.message())
@@ -616,4 +611,43 @@ async fn forwarded_messages_land_in_the_dead_letter_topic_with_their_identity() 
         ("dl", "poison")
     );
     assert!(ids(&receive_all(&mut c, "dl", 200).await).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_on_open_telemetry_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = ferry_server::ServerConfig {
+        data_dir: dir.path().to_path_buf(),
+        grpc_listen: format!("127.0.0.1:{port}"),
+        http_listen: format!("127.0.0.1:{}", free_port()),
+        ..Default::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ferry_server::run(config, async {
+        let _ = stop_rx.await;
+    }));
+    let endpoint = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    let mut c = loop {
+        if let Ok(ch) = endpoint.connect().await {
+            break MessagingServiceClient::new(ch);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let settings = pb::Settings {
+        client_type: Some(pb::ClientType::Producer as i32),
+        pub_sub: Some(pb::settings::PubSub::Publishing(pb::Publishing::default())),
+        ..Default::default()
+    };
+    let mut inbound = telemetry(&mut c, settings).await;
+    inbound.message().await.unwrap().unwrap();
+    stop_tx.send(()).unwrap();
+    // Well inside the 5 s grace for open requests: the stream is ended,
+    // not waited out.
+    let stopped = tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("the broker stops although a Telemetry stream is open");
+    assert!(stopped.unwrap().is_ok(), "clean stop");
+    // The stream was ended by the broker, not left hanging.
+    assert!(matches!(inbound.message().await, Ok(None) | Err(_)));
 }
