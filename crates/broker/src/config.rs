@@ -3,15 +3,17 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::GroupPolicy;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CoreConfig {
     /// Create a topic on first use (route query or send).
     pub auto_create_topics: bool,
     /// Queues of an auto-created topic.
     pub default_queues: u32,
-    /// Deliveries of one message to one consumer group before it moves to
-    /// the group's dead-letter topic `%DLQ%<group>` (17: 16 retries).
-    pub max_delivery_attempts: u32,
+    /// The delivery policy of every consumer group that has none of its own
+    /// (17 attempts, the RocketMQ backoff schedule, not FIFO).
+    pub default_policy: GroupPolicy,
     pub limits: Limits,
     pub transactions: TransactionConfig,
 }
@@ -21,7 +23,7 @@ impl Default for CoreConfig {
         CoreConfig {
             auto_create_topics: true,
             default_queues: 8,
-            max_delivery_attempts: 17,
+            default_policy: GroupPolicy::default(),
             limits: Limits::default(),
             transactions: TransactionConfig::default(),
         }
@@ -53,6 +55,13 @@ pub struct Limits {
     pub max_invisible_ms: i64,
     pub max_long_polling_ms: i64,
     pub max_receive_batch: usize,
+    /// FIFO groups: most messages one group may hold back on one queue
+    /// behind busy message groups (they wait for an earlier message of
+    /// their group). Beyond it the queue hands that group nothing new until
+    /// some drain, so one stuck message group costs bounded memory.
+    pub max_fifo_held_per_queue: usize,
+    /// Groups with a policy of their own.
+    pub max_group_policies: usize,
     /// Furthest a delivery time may lie ahead of the send, ms (7 days).
     pub max_delay_ms: i64,
     /// Most messages waiting for their delivery time, broker-wide.
@@ -80,6 +89,8 @@ impl Default for Limits {
             max_invisible_ms: 12 * 3600 * 1000,
             max_long_polling_ms: 30_000,
             max_receive_batch: 1024,
+            max_fifo_held_per_queue: 100_000,
+            max_group_policies: 10_000,
             max_delay_ms: 7 * 24 * 3600 * 1000,
             max_pending_timers: 10_000_000,
             max_pending_transactions: 1_000_000,

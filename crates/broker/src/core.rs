@@ -1,21 +1,23 @@
 //! The state machine. See the crate docs for the decide → append → apply
 //! discipline every mutation follows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use ferry_record::{
     AckRecord, DeadLetterRecord, DeliverRecord, FireRecord, MessageRecord, Payload, RecallRecord,
-    Record, RenewRecord, TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
+    Record, RedriveRecord, RenewRecord, TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
 };
 
-use crate::filter::Filter;
-use crate::group::{GroupQueue, Inflight};
+use crate::group::{Fifo, GroupQueue, Inflight, Scan};
 use crate::handle::{self, Receipt};
+use crate::policy::GroupPolicy;
 use crate::timer::{Parked, Timer, Timers};
 use crate::topic::{Entry, Topic};
 use crate::transaction::{self, HalfMessage, Resolved, Transactions};
 use crate::{validate, BrokerError, CoreConfig};
+use ferry_filter::Filter;
 
 /// RocketMQ message types, by their wire numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,14 +63,33 @@ pub struct Incoming {
     pub body: Bytes,
 }
 
+/// Reads the user properties of the message an index entry points at
+/// (`None`: unreadable). SQL filters need them; the core never reads the
+/// log itself, so the shell passes this in.
+pub type PropertyReader<'a> = &'a dyn Fn(&Entry) -> Option<Vec<(String, String)>>;
+
 /// A receive call, already parsed.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReceiveRequest<'a> {
     pub group: &'a str,
     pub topic: &'a str,
     pub filter: &'a Filter,
     pub max_messages: usize,
     pub invisible_ms: i64,
+    /// Needed only when `filter` looks at properties; without it such a
+    /// filter sees none.
+    pub properties: Option<PropertyReader<'a>>,
+}
+
+/// Where a dead letter came from: its place in the original topic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterOrigin {
+    pub dlq_queue_offset: u64,
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    /// Deliveries made before it was given up.
+    pub attempts: u32,
 }
 
 /// One message handed to a consumer.
@@ -83,13 +104,14 @@ pub struct Delivery {
     pub receipt_handle: String,
 }
 
-/// What a receive decided: the delivery records to append (in order), and
-/// cursor moves over messages the filter skipped.
+/// What a receive decided: the records to append (in order), and per queue
+/// what moved without a record of its own (filtered messages passed over,
+/// FIFO messages held back) — see [`Broker::apply_scans`].
 #[derive(Debug, Default)]
 pub struct ReceivePlan {
     pub records: Vec<Record>,
     pub deliveries: Vec<Delivery>,
-    pub skips: Vec<(u32, u64)>,
+    pub scans: Vec<Scan>,
     /// Messages moved to the group's dead-letter topic instead of being
     /// delivered again (their last attempt had failed).
     pub dead_lettered: usize,
@@ -104,6 +126,16 @@ pub enum Placement {
     Half,
     /// Parked until its delivery time.
     Timer,
+}
+
+/// The queue a message goes to. A message with a message group always goes
+/// to the same queue of its topic, whatever queue the producer picked, so
+/// its group's order is one queue's order even with several producers.
+fn queue_for(m: &Incoming, queues: u32) -> u32 {
+    match &m.message_group {
+        Some(g) => crc32c::crc32c(g.as_bytes()) % queues,
+        None => m.queue_id % queues,
+    }
 }
 
 /// Decides a message's placement from its type, delivery time and store
@@ -203,6 +235,12 @@ pub struct Broker {
     config: CoreConfig,
     topics: BTreeMap<String, Topic>,
     groups: BTreeMap<String, GroupState>,
+    /// Groups with a delivery policy of their own (the rest use
+    /// `config.default_policy`).
+    policies: BTreeMap<String, GroupPolicy>,
+    /// Per group, by offset in `%DLQ%<group>`: where each dead letter came
+    /// from (for re-drive and listing). Pruned with the dead-letter topic.
+    dead_letters: BTreeMap<String, BTreeMap<u64, DeadLetterOrigin>>,
     transactions: Transactions,
     timers: Timers,
     next_handle: u64,
@@ -217,6 +255,8 @@ impl Broker {
             config,
             topics: BTreeMap::new(),
             groups: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            dead_letters: BTreeMap::new(),
             next_handle: 1,
             rotation: 0,
         }
@@ -224,6 +264,55 @@ impl Broker {
 
     pub fn config(&self) -> &CoreConfig {
         &self.config
+    }
+
+    /// The delivery policy `group` runs under.
+    pub fn policy(&self, group: &str) -> &GroupPolicy {
+        self.policies
+            .get(group)
+            .unwrap_or(&self.config.default_policy)
+    }
+
+    /// Groups with a policy of their own.
+    pub fn policies(&self) -> &BTreeMap<String, GroupPolicy> {
+        &self.policies
+    }
+
+    /// Gives `group` a policy of its own, or (`None`) returns it to the
+    /// broker default. A change of FIFO mode drops the group's FIFO
+    /// bookkeeping; a FIFO receive rebuilds it.
+    pub fn set_policy(
+        &mut self,
+        group: &str,
+        policy: Option<GroupPolicy>,
+    ) -> Result<(), BrokerError> {
+        validate::group_name(group, &self.config.limits)?;
+        let was_fifo = self.policy(group).fifo;
+        match policy {
+            Some(p) => {
+                p.validate()?;
+                if !self.policies.contains_key(group)
+                    && self.policies.len() >= self.config.limits.max_group_policies
+                {
+                    return Err(BrokerError::LimitReached(format!(
+                        "at most {} groups with a policy of their own",
+                        self.config.limits.max_group_policies
+                    )));
+                }
+                self.policies.insert(group.to_string(), p);
+            }
+            None => {
+                self.policies.remove(group);
+            }
+        }
+        if self.policy(group).fifo != was_fifo {
+            if let Some(state) = self.groups.get_mut(group) {
+                for gq in state.values_mut() {
+                    gq.fifo = None;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn topic(&self, name: &str) -> Option<&Topic> {
@@ -308,7 +397,7 @@ impl Broker {
             .ok_or_else(|| BrokerError::TopicNotFound(m.topic.clone()))?;
         // Limits were checked for the whole batch by `admit_batch`.
         let placement = placement(m.kind as u8, m.delivery_timestamp_ms, now_ms);
-        let queue_id = m.queue_id % topic.queues.len() as u32;
+        let queue_id = queue_for(m, topic.queues.len() as u32);
         // A parked message's queue offset is fixed when it is committed or
         // its time comes.
         let queue_offset = match placement {
@@ -352,6 +441,7 @@ impl Broker {
             Payload::Message(m) => self.apply_message(log_offset, len, rec.timestamp_ms, m),
             Payload::Deliver(d) => {
                 self.next_handle = self.next_handle.max(d.handle + 1);
+                let mg = self.message_group_of(&d.topic, d.queue_id, d.queue_offset);
                 let Some(gq) = self.group_queue_mut(&d.group, &d.topic, d.queue_id, d.queue_offset)
                 else {
                     return;
@@ -363,9 +453,12 @@ impl Broker {
                         attempt: d.attempt,
                         visible_at_ms: d.visible_at_ms,
                     },
+                    d.cursor,
+                    mg.as_ref(),
                 );
             }
             Payload::Ack(a) => {
+                let mg = self.message_group_of(&a.topic, a.queue_id, a.queue_offset);
                 if let Some(gq) =
                     self.group_queue_mut(&a.group, &a.topic, a.queue_id, a.queue_offset)
                 {
@@ -374,7 +467,7 @@ impl Broker {
                         .get(&a.queue_offset)
                         .is_some_and(|f| f.handle == a.handle)
                     {
-                        gq.settle(a.queue_offset);
+                        gq.settle(a.queue_offset, mg.as_ref());
                     }
                 }
             }
@@ -383,16 +476,7 @@ impl Broker {
                 if let Some(gq) =
                     self.group_queue_mut(&r.group, &r.topic, r.queue_id, r.queue_offset)
                 {
-                    if let Some(old) = gq.settle(r.queue_offset) {
-                        gq.deliver(
-                            r.queue_offset,
-                            Inflight {
-                                handle: r.handle,
-                                attempt: old.attempt,
-                                visible_at_ms: r.visible_at_ms,
-                            },
-                        );
-                    }
+                    gq.renew(r.queue_offset, r.handle, r.visible_at_ms);
                 }
             }
             Payload::TxEnd(t) => self.apply_tx_end(log_offset + len as u64, rec.timestamp_ms, t),
@@ -401,6 +485,14 @@ impl Broker {
             }
             Payload::DeadLetter(d) => {
                 self.apply_dead_letter(log_offset + len as u64, rec.timestamp_ms, d)
+            }
+            Payload::Redrive(r) => {
+                self.next_handle = self.next_handle.max(r.handle + 1);
+                if let Some(gq) =
+                    self.group_queue_mut(&r.group, &r.topic, r.queue_id, r.queue_offset)
+                {
+                    gq.redrive(r.queue_offset, r.handle, rec.timestamp_ms);
+                }
             }
             Payload::TxCheck(c) => {
                 self.transactions
@@ -415,16 +507,40 @@ impl Broker {
         }
     }
 
+    /// The message group of the message at `queue_offset`, if it has one.
+    fn message_group_of(&self, topic: &str, queue_id: u32, queue_offset: u64) -> Option<Arc<str>> {
+        self.entry(topic, queue_id, queue_offset)
+            .and_then(|e| e.group.clone())
+    }
+
+    fn entry(&self, topic: &str, queue_id: u32, queue_offset: u64) -> Option<&Entry> {
+        self.topics
+            .get(topic)?
+            .queues
+            .get(queue_id as usize)?
+            .get(queue_offset)
+    }
+
     fn apply_dead_letter(&mut self, ready_at: u64, now_ms: i64, d: &DeadLetterRecord) {
+        let (tag, mg) = self
+            .entry(&d.topic, d.queue_id, d.queue_offset)
+            .map_or((None, None), |e| (e.tag.clone(), e.group.clone()));
         if let Some(gq) = self.group_queue_mut(&d.group, &d.topic, d.queue_id, d.queue_offset) {
-            gq.settle(d.queue_offset);
+            gq.settle(d.queue_offset, mg.as_ref());
         }
-        let tag = self
-            .topics
-            .get(&d.topic)
-            .and_then(|t| t.queues.get(d.queue_id as usize))
-            .and_then(|q| q.get(d.queue_offset))
-            .and_then(|e| e.tag.clone());
+        self.dead_letters
+            .entry(d.group.clone())
+            .or_default()
+            .insert(
+                d.dlq_queue_offset,
+                DeadLetterOrigin {
+                    dlq_queue_offset: d.dlq_queue_offset,
+                    topic: d.topic.clone(),
+                    queue_id: d.queue_id,
+                    queue_offset: d.queue_offset,
+                    attempts: d.attempts,
+                },
+            );
         let dlq = dlq_topic(&d.group);
         // Internal: made on first use, whatever the topic limits say, so a
         // failing message always has somewhere to go.
@@ -439,10 +555,12 @@ impl Broker {
                 log_offset: d.message_offset,
                 len: d.message_len,
                 tag: None,
+                group: None,
                 store_ms: now_ms,
                 ready_at,
             },
             tag.as_deref(),
+            mg.as_deref(),
             true,
         );
     }
@@ -487,6 +605,74 @@ impl Broker {
                 message_len: e.len,
                 attempts: f.attempt,
                 dlq_queue_offset,
+            }),
+        })
+    }
+
+    /// Dead letters of `group` from `from` on, at most `limit`.
+    pub fn dead_letters(&self, group: &str, from: u64, limit: usize) -> Vec<DeadLetterOrigin> {
+        self.dead_letters
+            .get(group)
+            .map(|m| {
+                m.range(from..)
+                    .take(limit)
+                    .map(|(_, o)| o.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Decides an operator's re-drive of the dead letter at `dlq_offset` of
+    /// `%DLQ%<group>`: the original message becomes due for `group` again.
+    pub fn plan_redrive(
+        &mut self,
+        now_ms: i64,
+        group: &str,
+        dlq_offset: u64,
+    ) -> Result<Record, BrokerError> {
+        validate::group_name(group, &self.config.limits)?;
+        let o = self
+            .dead_letters
+            .get(group)
+            .and_then(|m| m.get(&dlq_offset))
+            .ok_or_else(|| {
+                BrokerError::NotFound(format!(
+                    "no dead letter at offset {dlq_offset} of {}",
+                    dlq_topic(group)
+                ))
+            })?
+            .clone();
+        if !self
+            .entry(&o.topic, o.queue_id, o.queue_offset)
+            .is_some_and(|e| !e.is_lost())
+        {
+            return Err(BrokerError::NotFound(format!(
+                "the original message ({} queue {} offset {}) is no longer stored",
+                o.topic, o.queue_id, o.queue_offset
+            )));
+        }
+        let in_flight = self
+            .groups
+            .get(group)
+            .and_then(|s| s.get(&(o.topic.clone(), o.queue_id)))
+            .is_some_and(|gq| gq.inflight.contains_key(&o.queue_offset));
+        if in_flight {
+            return Err(BrokerError::Conflict(format!(
+                "the message is already in flight for {group} again"
+            )));
+        }
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        Ok(Record {
+            term: 0,
+            timestamp_ms: now_ms,
+            payload: Payload::Redrive(RedriveRecord {
+                group: group.to_string(),
+                topic: o.topic,
+                queue_id: o.queue_id,
+                queue_offset: o.queue_offset,
+                dlq_queue_offset: dlq_offset,
+                handle,
             }),
         })
     }
@@ -539,7 +725,6 @@ impl Broker {
                 .unwrap_or(self.config.transactions.check_after_ms);
             self.transactions.add(HalfMessage {
                 msg: Parked::of(m, log_offset, len, store_ms),
-                message_group: m.message_group.clone(),
                 delivery_ms: m.delivery_timestamp_ms,
                 checks: 0,
                 next_check_ms: store_ms.saturating_add(after),
@@ -561,10 +746,12 @@ impl Broker {
                 log_offset,
                 len,
                 tag: None,
+                group: None,
                 store_ms,
                 ready_at: log_offset + len as u64,
             },
             m.tag.as_deref(),
+            m.message_group.as_deref(),
             false,
         );
     }
@@ -576,6 +763,7 @@ impl Broker {
             log_offset: p.log_offset,
             len: p.len,
             tag: None,
+            group: None,
             store_ms: p.store_ms,
             ready_at,
         };
@@ -585,6 +773,7 @@ impl Broker {
             queue_offset,
             entry,
             p.tag.as_deref(),
+            p.message_group.as_deref(),
             true,
         );
     }
@@ -598,6 +787,7 @@ impl Broker {
         queue_offset: u64,
         mut entry: Entry,
         tag: Option<&str>,
+        message_group: Option<&str>,
         late: bool,
     ) {
         let Some(topic) = self.topics.get_mut(topic) else {
@@ -608,6 +798,7 @@ impl Broker {
             topic.queues.push(Default::default());
         }
         entry.tag = tag.map(|t| topic.intern(t));
+        entry.group = message_group.map(|g| topic.intern(g));
         let queue = &mut topic.queues[queue_id as usize];
         if queue.entries.is_empty() && queue_offset > queue.base {
             // Everything before this message was removed by retention.
@@ -624,6 +815,7 @@ impl Broker {
                 log_offset: Entry::LOST,
                 len: 0,
                 tag: None,
+                group: None,
                 store_ms: entry.store_ms,
                 ready_at: 0,
             });
@@ -669,13 +861,18 @@ impl Broker {
         }
         for state in self.groups.values_mut() {
             if let Some(gq) = state.get_mut(&(topic.to_string(), queue_id)) {
-                gq.settle(queue_offset);
+                gq.forget(queue_offset);
             }
         }
     }
 
-    /// Decides what a receive hands out: due redeliveries first, then new
-    /// messages, never anything above `committed` (not yet durable).
+    /// Decides what a receive hands out: due redeliveries first, then (FIFO
+    /// groups) messages that waited for their message group, then new
+    /// messages — never anything above `committed` (not yet durable).
+    ///
+    /// A FIFO group gets at most one message of a message group in flight:
+    /// later ones are held back until it is acked or dead-lettered, while
+    /// messages of other groups behind them keep flowing.
     pub fn plan_receive(
         &mut self,
         now_ms: i64,
@@ -704,50 +901,69 @@ impl Broker {
             )));
         }
         let max_inflight = limits.max_inflight_per_queue;
-        let topic = self
-            .topics
-            .get(req.topic)
-            .ok_or_else(|| BrokerError::TopicNotFound(req.topic.to_string()))?;
+        let max_held = limits.max_fifo_held_per_queue;
+        if !self.topics.contains_key(req.topic) {
+            return Err(BrokerError::TopicNotFound(req.topic.to_string()));
+        }
+        let policy = self.policy(req.group);
+        let max_attempts = policy.max_delivery_attempts.max(1);
+        if policy.fifo {
+            self.prepare_fifo(req.group, req.topic);
+        }
+        let topic = &self.topics[req.topic];
         let empty = BTreeMap::new();
         let state = self.groups.get(req.group).unwrap_or(&empty);
         let n = topic.queues.len();
         let start = (self.rotation % n as u64) as usize;
         self.rotation = self.rotation.wrapping_add(1);
-        let max_attempts = self.config.max_delivery_attempts.max(1);
         // Looked up only when a message is dead-lettered: not on every receive.
         let mut dlq_next: Option<u64> = None;
         let mut plan = ReceivePlan::default();
         let mut handle = self.next_handle;
         let visible_at_ms = now_ms + req.invisible_ms;
-        let mut push = |plan: &mut ReceivePlan, q: u32, off: u64, e: &Entry, attempt: u32| {
-            let receipt = Receipt {
-                queue_id: q,
-                queue_offset: off,
-                handle,
-            };
-            plan.records.push(Record {
-                term: 0,
-                timestamp_ms: now_ms,
-                payload: Payload::Deliver(DeliverRecord {
-                    group: req.group.to_string(),
-                    topic: req.topic.to_string(),
+        let mut push =
+            |plan: &mut ReceivePlan, q: u32, off: u64, e: &Entry, attempt: u32, cursor: u64| {
+                let receipt = Receipt {
                     queue_id: q,
                     queue_offset: off,
-                    attempt,
                     handle,
+                };
+                plan.records.push(Record {
+                    term: 0,
+                    timestamp_ms: now_ms,
+                    payload: Payload::Deliver(DeliverRecord {
+                        group: req.group.to_string(),
+                        topic: req.topic.to_string(),
+                        queue_id: q,
+                        queue_offset: off,
+                        attempt,
+                        handle,
+                        visible_at_ms,
+                        cursor,
+                    }),
+                });
+                plan.deliveries.push(Delivery {
+                    queue_id: q,
+                    queue_offset: off,
+                    log_offset: e.log_offset,
+                    len: e.len,
+                    attempt,
                     visible_at_ms,
-                }),
-            });
-            plan.deliveries.push(Delivery {
-                queue_id: q,
-                queue_offset: off,
-                log_offset: e.log_offset,
-                len: e.len,
-                attempt,
-                visible_at_ms,
-                receipt_handle: handle::encode(req.group, req.topic, &receipt),
-            });
-            handle += 1;
+                    receipt_handle: handle::encode(req.group, req.topic, &receipt),
+                });
+                handle += 1;
+            };
+        let passes = |e: &Entry| {
+            if e.is_lost() {
+                return false;
+            }
+            if !req.filter.needs_properties() {
+                return req.filter.matches(e.tag.as_deref(), &[]);
+            }
+            match req.properties.map_or(Some(Vec::new()), |read| read(e)) {
+                Some(props) => req.filter.matches(e.tag.as_deref(), &props),
+                None => false,
+            }
         };
         for i in 0..n {
             if plan.deliveries.len() >= req.max_messages {
@@ -763,6 +979,7 @@ impl Broker {
                     &fresh_state
                 }
             };
+            // 1. Redeliveries that are due, or dead letters after the last.
             for &(due, off) in &gq.expiry {
                 if due > now_ms || plan.deliveries.len() + plan.dead_lettered >= req.max_messages {
                     break;
@@ -791,41 +1008,128 @@ impl Broker {
                     plan.dead_lettered += 1;
                     continue;
                 }
-                push(&mut plan, q, off, e, attempt);
+                push(&mut plan, q, off, e, attempt, gq.cursor);
             }
-            let mut cursor = gq.cursor.max(queue.base);
+            let mut low = gq.cursor;
             let mut inflight = gq.inflight.len();
-            let mut skipped_to = None;
+            // Message groups this plan gives out or holds back on this queue.
+            let mut taken: HashSet<Arc<str>> = HashSet::new();
+            // 2. FIFO: messages whose group is free again, oldest first.
+            if let Some(fifo) = &gq.fifo {
+                for (off, g) in &fifo.ready {
+                    if plan.deliveries.len() >= req.max_messages || inflight >= max_inflight {
+                        break;
+                    }
+                    let Some(e) = queue.get(*off).filter(|e| !e.is_lost()) else {
+                        continue;
+                    };
+                    if *off == low {
+                        low += 1;
+                    }
+                    push(&mut plan, q, *off, e, 1, low);
+                    inflight += 1;
+                    taken.insert(g.clone());
+                }
+            }
+            // 3. Messages not looked at yet.
+            let mut scan = Scan {
+                queue_id: q,
+                ..Scan::default()
+            };
+            let mut held = gq.fifo.as_ref().map_or(0, |f| f.held_count) + gq.ahead.len();
+            let first = gq.fifo.as_ref().map_or(gq.cursor, |f| f.scan);
+            let mut x = first.max(queue.base);
             while plan.deliveries.len() < req.max_messages && inflight < max_inflight {
-                let Some(e) = queue.get(cursor) else { break };
+                let Some(e) = queue.get(x) else { break };
                 if !e.is_lost() && e.ready_at > committed {
                     break;
                 }
-                if e.is_lost() || !req.filter.matches(e.tag.as_deref()) {
-                    cursor += 1;
-                    skipped_to = Some(cursor);
+                if gq.inflight.contains_key(&x) || gq.ahead.contains(&x) {
+                    if x == low {
+                        low += 1;
+                    }
+                    x += 1;
                     continue;
                 }
-                push(&mut plan, q, cursor, e, 1);
+                if !passes(e) {
+                    if x == low {
+                        low += 1;
+                    } else if held >= max_held {
+                        break;
+                    } else {
+                        scan.skipped.push(x);
+                        held += 1;
+                    }
+                    x += 1;
+                    continue;
+                }
+                if let (Some(fifo), Some(g)) = (&gq.fifo, &e.group) {
+                    if fifo.blocks(g) || taken.contains(g) {
+                        if held >= max_held {
+                            break;
+                        }
+                        scan.held.push((x, g.clone()));
+                        taken.insert(g.clone());
+                        held += 1;
+                        x += 1;
+                        continue;
+                    }
+                    taken.insert(g.clone());
+                }
+                if x == low {
+                    low += 1;
+                }
+                push(&mut plan, q, x, e, 1, low);
                 inflight += 1;
-                cursor += 1;
-                skipped_to = None;
+                x += 1;
             }
-            if let Some(to) = skipped_to {
-                plan.skips.push((q, to));
+            if low > gq.cursor || x > first || !scan.skipped.is_empty() || !scan.held.is_empty() {
+                scan.cursor = low;
+                scan.scan_to = x;
+                plan.scans.push(scan);
             }
         }
         Ok(plan)
     }
 
-    /// Moves a group's cursor over messages its filter skipped (no record:
-    /// after a restart they are simply examined again).
-    pub fn apply_skips(&mut self, group: &str, topic: &str, skips: &[(u32, u64)]) {
-        for &(q, to) in skips {
+    /// Builds the FIFO bookkeeping of `group` on every queue of `topic`
+    /// where it is missing: busy message groups from what is in flight; the
+    /// next scan starts at the cursor and finds the held-back ones again.
+    fn prepare_fifo(&mut self, group: &str, topic: &str) {
+        let Some(t) = self.topics.get(topic) else {
+            return;
+        };
+        let state = self.groups.entry(group.to_string()).or_default();
+        for (q, queue) in t.queues.iter().enumerate() {
+            let gq = state
+                .entry((topic.to_string(), q as u32))
+                .or_insert_with(|| GroupQueue::new(queue.base));
+            if gq.fifo.is_some() {
+                continue;
+            }
+            let mut fifo = Fifo {
+                scan: gq.cursor,
+                ..Fifo::default()
+            };
+            for off in gq.inflight.keys() {
+                if let Some(g) = queue.get(*off).and_then(|e| e.group.clone()) {
+                    fifo.busy.insert(g, *off);
+                }
+            }
+            gq.fifo = Some(fifo);
+        }
+    }
+
+    /// Applies what a receive decided without records: cursor moves over
+    /// filtered messages and FIFO messages held back. Called after the
+    /// plan's records are applied. Not logged: after a restart the group
+    /// simply examines those messages again.
+    pub fn apply_scans(&mut self, group: &str, topic: &str, scans: &[Scan]) {
+        for s in scans {
             let Some(queue) = self
                 .topics
                 .get(topic)
-                .and_then(|t| t.queues.get(q as usize))
+                .and_then(|t| t.queues.get(s.queue_id as usize))
             else {
                 continue;
             };
@@ -834,9 +1138,9 @@ impl Broker {
                 .groups
                 .entry(group.to_string())
                 .or_default()
-                .entry((topic.to_string(), q))
+                .entry((topic.to_string(), s.queue_id))
                 .or_insert_with(|| GroupQueue::new(base));
-            gq.cursor = gq.cursor.max(to);
+            gq.apply_scan(s);
         }
     }
 
@@ -970,10 +1274,22 @@ impl Broker {
                 }
             }
         }
+        for (group, origins) in &mut self.dead_letters {
+            let base = self
+                .topics
+                .get(&dlq_topic(group))
+                .and_then(|t| t.queues.first())
+                .map_or(0, |q| q.base);
+            if origins.first_key_value().is_some_and(|(o, _)| *o < base) {
+                *origins = origins.split_off(&base);
+            }
+        }
         for (topic, q, off) in late_gone {
             for (group, state) in &self.groups {
                 if let Some(gq) = state.get(&(topic.clone(), q)) {
-                    if gq.cursor <= off || gq.inflight.contains_key(&off) {
+                    if (gq.cursor <= off && !gq.ahead.contains(&off))
+                        || gq.inflight.contains_key(&off)
+                    {
                         losses.push(RetentionLoss {
                             group: group.clone(),
                             topic: topic.clone(),

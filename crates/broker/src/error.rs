@@ -49,6 +49,8 @@ pub enum BrokerError {
     InvalidTransactionId(String),
     #[error("transaction already ended: {0}")]
     TransactionConflict(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("limit reached: {0}")]

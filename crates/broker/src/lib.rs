@@ -9,18 +9,19 @@
 //! apply) therefore build the very same state.
 //!
 //! Modules: [`config`] (limits and defaults), [`error`] (typed failures),
-//! [`validate`] (message and name rules), [`filter`] (tag expressions),
+//! [`validate`] (message and name rules),
 //! [`handle`] (receipt handles), [`topic`] (queues and their index),
-//! [`group`] (consumer-group progress), [`transaction`] (half messages,
+//! [`group`] (consumer-group progress), [`policy`] (per-group attempts,
+//! backoff and FIFO), [`transaction`] (half messages,
 //! check-back schedule, outcomes), [`timer`] (messages waiting for their
 //! delivery time), [`core`] (the state machine).
 
 pub mod config;
 pub mod core;
 pub mod error;
-pub mod filter;
 pub mod group;
 pub mod handle;
+pub mod policy;
 pub mod timer;
 pub mod topic;
 pub mod transaction;
@@ -28,9 +29,11 @@ pub mod validate;
 
 pub use crate::config::{CoreConfig, Limits, TransactionConfig};
 pub use crate::core::{
-    dlq_topic, placement, recall_handle, Broker, CheckOrder, CheckPlan, Delivery, EndDecision,
-    GroupQueueStats, Incoming, MessageKind, Placement, ReceivePlan, ReceiveRequest, RetentionLoss,
-    TopicStats,
+    dlq_topic, placement, recall_handle, Broker, CheckOrder, CheckPlan, DeadLetterOrigin, Delivery,
+    EndDecision, GroupQueueStats, Incoming, MessageKind, Placement, PropertyReader, ReceivePlan,
+    ReceiveRequest, RetentionLoss, TopicStats,
 };
 pub use crate::error::BrokerError;
-pub use crate::filter::Filter;
+pub use crate::group::Scan;
+pub use crate::policy::GroupPolicy;
+pub use ferry_filter::Filter;

@@ -21,6 +21,7 @@ pub struct Parked {
     pub queue_id: u32,
     pub message_id: String,
     pub tag: Option<String>,
+    pub message_group: Option<String>,
     pub store_ms: i64,
 }
 
@@ -33,6 +34,7 @@ impl Parked {
             queue_id: m.queue_id,
             message_id: m.message_id.clone(),
             tag: m.tag.clone(),
+            message_group: m.message_group.clone(),
             store_ms,
         }
     }

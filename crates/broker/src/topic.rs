@@ -12,6 +12,8 @@ pub struct Entry {
     pub log_offset: u64,
     pub len: u32,
     pub tag: Option<Arc<str>>,
+    /// Message group (FIFO key), interned like tags.
+    pub group: Option<Arc<str>>,
     pub store_ms: i64,
     /// The log must be durable up to here before this entry may be served:
     /// the end of the record that indexed it — the message itself, or the
@@ -59,7 +61,8 @@ impl Queue {
 pub struct Topic {
     pub name: String,
     pub queues: Vec<Queue>,
-    /// Interned tags: most topics use a handful, stored once.
+    /// Interned tags and message groups: most topics use a handful of tags
+    /// and reuse their groups, stored once.
     tags: HashSet<Arc<str>>,
 }
 

@@ -23,7 +23,6 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HalfMessage {
     pub msg: Parked,
-    pub message_group: Option<String>,
     pub delivery_ms: Option<i64>,
     /// Check-backs sent so far.
     pub checks: u32,
@@ -202,9 +201,9 @@ mod tests {
                 queue_id: 0,
                 message_id: format!("m{off}"),
                 tag: None,
+                message_group: None,
                 store_ms: 0,
             },
-            message_group: None,
             delivery_ms: None,
             checks: 0,
             next_check_ms: next,

@@ -11,7 +11,10 @@ const T0: i64 = 1_000_000;
 
 fn harness(max_attempts: u32) -> Harness {
     Harness::with_config(CoreConfig {
-        max_delivery_attempts: max_attempts,
+        default_policy: GroupPolicy {
+            max_delivery_attempts: max_attempts,
+            ..Default::default()
+        },
         ..Default::default()
     })
 }
@@ -24,6 +27,7 @@ fn receive_from(h: &mut Harness, now: i64, topic: &str) -> (Vec<Delivery>, usize
         filter: &Filter::All,
         max_messages: 16,
         invisible_ms: 1_000,
+        properties: None,
     };
     let plan = h.core.plan_receive(now, &req, u64::MAX).unwrap();
     for r in plan.records {

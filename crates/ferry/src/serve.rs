@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Deliveries of a message to one consumer group before it moves to %DLQ%<group> [default: 17]
     #[arg(long, env = "FERRY_MAX_DELIVERY_ATTEMPTS")]
     max_delivery_attempts: Option<u32>,
+    /// Default consumer retry backoff steps, published to clients; the last repeats, e.g. "1s 5s 30s 1m" [default: 1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h]
+    #[arg(long, env = "FERRY_RETRY_BACKOFF")]
+    retry_backoff: Option<String>,
     /// First transaction check-back this long after the half message, ms, unless the producer asks otherwise [default: 6000]
     #[arg(long, env = "FERRY_TX_CHECK_AFTER_MS")]
     tx_check_after_ms: Option<u64>,
@@ -132,6 +135,7 @@ struct FileConfig {
     max_inflight_per_queue: Option<usize>,
     max_clients: Option<usize>,
     max_delivery_attempts: Option<u32>,
+    retry_backoff: Option<String>,
     tx_check_after_ms: Option<u64>,
     tx_max_check_after_ms: Option<u64>,
     tx_check_interval_ms: Option<u64>,
@@ -224,8 +228,16 @@ fn build_config(a: ServeArgs) -> Result<ServerConfig, Box<dyn std::error::Error 
         c.max_clients = v.max(1);
     }
     if let Some(v) = pick!(max_delivery_attempts) {
-        c.core.max_delivery_attempts = v.clamp(1, 1000);
+        c.core.default_policy.max_delivery_attempts = v;
     }
+    if let Some(v) = pick!(retry_backoff) {
+        c.core.default_policy.backoff_ms =
+            ferry_broker::policy::parse_backoff(&v).map_err(|e| format!("--retry-backoff: {e}"))?;
+    }
+    c.core
+        .default_policy
+        .validate()
+        .map_err(|e| format!("default delivery policy: {e}"))?;
     let tx = &mut c.core.transactions;
     let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     if let Some(v) = pick!(tx_check_after_ms) {

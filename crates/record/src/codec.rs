@@ -61,7 +61,7 @@ pub fn encoded_len(rec: &Record) -> usize {
                 + 4
                 + m.body.len()
         }
-        Payload::Deliver(d) => s(&d.group) + s(&d.topic) + 4 + 8 + 4 + 8 + 8,
+        Payload::Deliver(d) => s(&d.group) + s(&d.topic) + 4 + 8 + 4 + 8 + 8 + 8,
         Payload::Ack(a) => s(&a.group) + s(&a.topic) + 4 + 8 + 8,
         Payload::Renew(r) => s(&r.group) + s(&r.topic) + 4 + 8 + 8 + 8,
         Payload::TxEnd(t) => {
@@ -78,6 +78,7 @@ pub fn encoded_len(rec: &Record) -> usize {
         Payload::Fire(f) => 8 + s(&f.topic) + 4 + 8,
         Payload::DeadLetter(d) => s(&d.group) + s(&d.topic) + 4 + 8 + 8 + 4 + 4 + 8,
         Payload::Recall(r) => 8 + s(&r.topic) + s(&r.message_id),
+        Payload::Redrive(r) => s(&r.group) + s(&r.topic) + 4 + 8 + 8 + 8,
     };
     HEADER_LEN + payload
 }
@@ -143,6 +144,7 @@ pub fn encode(rec: &Record, offset: u64, out: &mut Vec<u8>) {
             out.put_u32_le(d.attempt);
             out.put_u64_le(d.handle);
             out.put_i64_le(d.visible_at_ms);
+            out.put_u64_le(d.cursor);
         }
         Payload::Ack(a) => {
             put_str(out, &a.group);
@@ -200,6 +202,14 @@ pub fn encode(rec: &Record, offset: u64, out: &mut Vec<u8>) {
             out.put_u64_le(r.message_offset);
             put_str(out, &r.topic);
             put_str(out, &r.message_id);
+        }
+        Payload::Redrive(r) => {
+            put_str(out, &r.group);
+            put_str(out, &r.topic);
+            out.put_u32_le(r.queue_id);
+            out.put_u64_le(r.queue_offset);
+            out.put_u64_le(r.dlq_queue_offset);
+            out.put_u64_le(r.handle);
         }
     }
     debug_assert_eq!(out.len() - start, len, "encoded_len disagrees with encode");
@@ -334,6 +344,7 @@ pub fn decode(
             attempt: r.u32()?,
             handle: r.u64()?,
             visible_at_ms: r.i64()?,
+            cursor: r.u64()?,
         }),
         Kind::Ack => Payload::Ack(AckRecord {
             group: r.string()?,
@@ -391,6 +402,14 @@ pub fn decode(
             message_offset: r.u64()?,
             topic: r.string()?,
             message_id: r.string()?,
+        }),
+        Kind::Redrive => Payload::Redrive(RedriveRecord {
+            group: r.string()?,
+            topic: r.string()?,
+            queue_id: r.u32()?,
+            queue_offset: r.u64()?,
+            dlq_queue_offset: r.u64()?,
+            handle: r.u64()?,
         }),
     };
     if r.remaining() != 0 {

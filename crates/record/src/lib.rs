@@ -33,7 +33,8 @@ mod types;
 pub use codec::{decode, encode, encoded_len, peek_len, DecodeError};
 pub use types::{
     AckRecord, DeadLetterRecord, DeliverRecord, FireRecord, Kind, MessageRecord, Payload,
-    RecallRecord, Record, RenewRecord, TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
+    RecallRecord, Record, RedriveRecord, RenewRecord, TxCheckRecord, TxEndRecord, TxOutcome,
+    TxSource,
 };
 
 /// Bytes of the fixed record header.

@@ -15,6 +15,7 @@ pub enum Kind {
     Fire = 7,
     DeadLetter = 8,
     Recall = 9,
+    Redrive = 10,
 }
 
 impl Kind {
@@ -29,6 +30,7 @@ impl Kind {
             7 => Some(Kind::Fire),
             8 => Some(Kind::DeadLetter),
             9 => Some(Kind::Recall),
+            10 => Some(Kind::Redrive),
             _ => None,
         }
     }
@@ -57,6 +59,7 @@ pub enum Payload {
     Fire(FireRecord),
     DeadLetter(DeadLetterRecord),
     Recall(RecallRecord),
+    Redrive(RedriveRecord),
 }
 
 impl Payload {
@@ -71,6 +74,7 @@ impl Payload {
             Payload::Fire(_) => Kind::Fire,
             Payload::DeadLetter(_) => Kind::DeadLetter,
             Payload::Recall(_) => Kind::Recall,
+            Payload::Redrive(_) => Kind::Redrive,
         }
     }
 }
@@ -117,6 +121,12 @@ pub struct DeliverRecord {
     pub attempt: u32,
     pub handle: u64,
     pub visible_at_ms: i64,
+    /// The group's cursor on the queue once this delivery is made: every
+    /// lower offset is settled or in flight. Recorded because the receive
+    /// that made it may have passed over messages without a record of their
+    /// own (filtered out), and must not pass over any a FIFO group still
+    /// holds back; replay restores exactly this.
+    pub cursor: u64,
 }
 
 /// A consumer group acknowledged a message with the receipt `handle`.
@@ -248,4 +258,20 @@ pub struct RecallRecord {
     pub message_offset: u64,
     pub topic: String,
     pub message_id: String,
+}
+
+/// An operator sent the dead letter at `dlq_queue_offset` of `%DLQ%<group>`
+/// back: the message at `queue_offset` of its original queue is due for
+/// `group` again at once, its attempt count starting over. Only that group
+/// sees it again; the dead-letter entry stays as history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedriveRecord {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub dlq_queue_offset: u64,
+    /// The handle number the message is in flight under until the next
+    /// receive hands it out (it is visible at once, so no consumer holds it).
+    pub handle: u64,
 }

@@ -65,10 +65,11 @@ fn payload() -> impl Strategy<Value = Payload> {
             any::<u64>(),
             any::<u32>(),
             any::<u64>(),
-            any::<i64>()
+            any::<i64>(),
+            any::<u64>()
         )
             .prop_map(
-                |(group, topic, queue_id, queue_offset, attempt, handle, visible_at_ms)| {
+                |(group, topic, queue_id, queue_offset, attempt, handle, visible_at_ms, cursor)| {
                     Payload::Deliver(DeliverRecord {
                         group,
                         topic,
@@ -77,6 +78,7 @@ fn payload() -> impl Strategy<Value = Payload> {
                         attempt,
                         handle,
                         visible_at_ms,
+                        cursor,
                     })
                 }
             ),
@@ -201,6 +203,26 @@ fn payload() -> impl Strategy<Value = Payload> {
                 })
             }
         ),
+        (
+            short_string(),
+            short_string(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(group, topic, queue_id, queue_offset, dlq_queue_offset, handle)| {
+                    Payload::Redrive(RedriveRecord {
+                        group,
+                        topic,
+                        queue_id,
+                        queue_offset,
+                        dlq_queue_offset,
+                        handle,
+                    })
+                }
+            ),
     ]
 }
 

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_broker::{
-    placement, Broker, BrokerError, CheckOrder, Delivery, EndDecision, Filter, Incoming, Placement,
-    ReceiveRequest,
+    placement, Broker, BrokerError, CheckOrder, Delivery, EndDecision, Filter, GroupPolicy,
+    Incoming, Placement, ReceiveRequest,
 };
 use ferry_record::{MessageRecord, Payload, Record, TxOutcome, TxSource};
 use ferry_store::{meta, Log, LogConfig, RecoveryReport, StoreError};
@@ -43,6 +43,20 @@ struct TopicsFile {
 struct TopicDef {
     name: String,
     queues: u32,
+}
+
+/// Consumer groups' own delivery policies, as kept in `meta/groups.json`.
+/// Loaded before the log is replayed: a FIFO group's bookkeeping depends on
+/// it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct GroupsFile {
+    groups: Vec<GroupDef>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct GroupDef {
+    name: String,
+    policy: GroupPolicy,
 }
 
 /// Where a stored message landed.
@@ -88,7 +102,8 @@ pub struct Engine {
     core: Mutex<Broker>,
     log: Log,
     meta_path: std::path::PathBuf,
-    /// Serialises writers of the topics file.
+    groups_path: std::path::PathBuf,
+    /// Serialises writers of the metadata files.
     meta_lock: Mutex<()>,
     /// Long-polling receivers wait here per topic.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
@@ -137,6 +152,15 @@ impl Engine {
                 error!(error = %e, "topic metadata unreadable; rebuilding topics from the log");
             }
         }
+        let groups_path = meta_dir.join("groups.json");
+        // Unlike topics, policies cannot be re-derived from the log: an
+        // unreadable file stops the broker rather than silently turning FIFO
+        // groups into plain ones.
+        if let Some(file) = meta::read::<GroupsFile>(&groups_path)? {
+            for g in file.groups {
+                core.set_policy(&g.name, Some(g.policy))?;
+            }
+        }
         let mut log_config = LogConfig::new(config.data_dir.join("log"));
         log_config.flush = config.flush;
         log_config.async_flush_interval = config.async_flush_interval;
@@ -166,6 +190,7 @@ impl Engine {
             core: Mutex::new(core),
             log,
             meta_path,
+            groups_path,
             meta_lock: Mutex::new(()),
             waiters: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
@@ -229,6 +254,54 @@ impl Engine {
             }
         };
         meta::write(&self.meta_path, &file)?;
+        Ok(())
+    }
+
+    /// The delivery policy `group` runs under.
+    pub fn group_policy(&self, group: &str) -> GroupPolicy {
+        self.core().policy(group).clone()
+    }
+
+    /// Groups with a policy of their own.
+    pub fn group_policies(&self) -> Vec<(String, GroupPolicy)> {
+        self.core()
+            .policies()
+            .iter()
+            .map(|(g, p)| (g.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Gives `group` a policy of its own (`None`: back to the broker
+    /// default) and saves every policy before answering. Clients learn the
+    /// new one at their next settings exchange.
+    pub fn set_group_policy(
+        &self,
+        group: &str,
+        policy: Option<GroupPolicy>,
+    ) -> Result<(), EngineError> {
+        let _guard = self.meta_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let file = {
+            let mut core = self.core();
+            let old = core.policies().get(group).cloned();
+            core.set_policy(group, policy)?;
+            let file = GroupsFile {
+                groups: core
+                    .policies()
+                    .iter()
+                    .map(|(g, p)| GroupDef {
+                        name: g.clone(),
+                        policy: p.clone(),
+                    })
+                    .collect(),
+            };
+            if let Err(e) = meta::write(&self.groups_path, &file) {
+                // Not saved, not changed: put the old policy back.
+                core.set_policy(group, old)?;
+                return Err(e.into());
+            }
+            file
+        };
+        info!(%group, policies = file.groups.len(), "group policy saved");
         Ok(())
     }
 
@@ -408,16 +481,31 @@ impl Engine {
             let (plan, end, next_expiry) = {
                 let mut core = self.core();
                 let committed = self.log.progress().committed;
+                let read_properties =
+                    |e: &ferry_broker::topic::Entry| match self.log.read(e.log_offset, e.len) {
+                        Ok(Record {
+                            payload: Payload::Message(m),
+                            ..
+                        }) => Some(m.properties),
+                        Ok(_) | Err(_) => {
+                            error!(
+                                offset = e.log_offset,
+                                "message unreadable for filtering; skipped"
+                            );
+                            None
+                        }
+                    };
                 let req = ReceiveRequest {
                     group: &args.group,
                     topic: &args.topic,
                     filter: &args.filter,
                     max_messages: args.max_messages,
                     invisible_ms: args.invisible_ms,
+                    properties: Some(&read_properties),
                 };
                 let plan = core.plan_receive(now, &req, committed)?;
                 let end = self.commit(&mut core, &plan.records)?;
-                core.apply_skips(&args.group, &args.topic, &plan.skips);
+                core.apply_scans(&args.group, &args.topic, &plan.scans);
                 let next = core.next_expiry(&args.group, &args.topic);
                 (plan, end, next)
             };
@@ -494,8 +582,10 @@ impl Engine {
         let now = now_ms();
         let mut results: Vec<Result<(), EngineError>> = Vec::with_capacity(receipts.len());
         let mut end = 0;
+        let fifo;
         {
             let mut core = self.core();
+            fifo = core.policy(group).fifo;
             for receipt in receipts {
                 let r = core
                     .plan_ack(now, group, topic, receipt)
@@ -516,6 +606,11 @@ impl Engine {
             &self.metrics.acks,
             results.iter().filter(|r| r.is_ok()).count() as u64,
         );
+        if fifo && end > 0 {
+            // An ack may free a message group whose next message waits:
+            // long-polling receivers look again.
+            self.wake(topic);
+        }
         results
     }
 
@@ -546,6 +641,8 @@ impl Engine {
         self.log.wait_committed(end).await?;
         Metrics::add(&self.metrics.dead_lettered, 1);
         self.wake(&ferry_broker::dlq_topic(group));
+        // A FIFO group's next message may be free now.
+        self.wake(topic);
         Ok(())
     }
 

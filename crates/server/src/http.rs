@@ -112,7 +112,7 @@ async fn transactions(State(s): State<AppState>) -> Json<serde_json::Value> {
                 "topic": h.msg.topic,
                 "message_id": h.msg.message_id,
                 "queue_id": h.msg.queue_id,
-                "message_group": h.message_group,
+                "message_group": h.msg.message_group,
                 "delivery_timestamp_ms": h.delivery_ms,
                 "stored_ms": h.msg.store_ms,
                 "checks": h.checks,

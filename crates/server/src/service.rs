@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_broker::{BrokerError, EndDecision, Filter};
+use ferry_broker::{BrokerError, EndDecision, Filter, GroupPolicy};
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_server::{MessagingService, MessagingServiceServer};
 use ferry_record::{TxOutcome, TxSource};
@@ -30,10 +30,6 @@ use crate::ServerConfig;
 type RpcResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The RocketMQ 5 default consumer retry steps (16 retries).
-const CONSUMER_BACKOFF_SECS: [u64; 18] = [
-    1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200,
-];
 const RECEIVE_BATCH_SIZE: i32 = 32;
 const BROKER_NAME: &str = "ferry";
 /// Commands (check-backs) queued per Telemetry stream before the broker
@@ -72,7 +68,6 @@ impl Service {
             default_long_poll: config.default_long_polling,
             stream_ids: AtomicU64::new(1),
             policy: SettingsPolicy {
-                max_delivery_attempts: config.core.max_delivery_attempts,
                 max_body_bytes: config.core.limits.max_body_bytes,
                 long_polling: config.default_long_polling,
             },
@@ -101,16 +96,15 @@ impl Service {
 /// What the broker tells clients in the Telemetry settings reply.
 #[derive(Debug, Clone)]
 pub struct SettingsPolicy {
-    /// Published to consumers: deliveries before the dead-letter topic.
-    pub max_delivery_attempts: u32,
     pub max_body_bytes: usize,
     pub long_polling: Duration,
 }
 
 impl SettingsPolicy {
     /// The server's half of the settings exchange: the client's settings
-    /// with the broker's policies filled in.
-    pub fn reply(&self, s: &pb::Settings) -> Result<pb::Settings, String> {
+    /// with the broker's policies filled in. A consumer learns its group's
+    /// delivery policy (`group`): attempts, backoff steps and FIFO mode.
+    pub fn reply(&self, s: &pb::Settings, group: &GroupPolicy) -> Result<pb::Settings, String> {
         let mut reply = s.clone();
         reply.metric = Some(pb::Metric {
             on: false,
@@ -137,12 +131,13 @@ impl SettingsPolicy {
             }
             Some(pb::settings::PubSub::Subscription(sub)) => {
                 reply.backoff_policy = Some(pb::RetryPolicy {
-                    max_attempts: i32::try_from(self.max_delivery_attempts).unwrap_or(i32::MAX),
+                    max_attempts: i32::try_from(group.max_delivery_attempts).unwrap_or(i32::MAX),
                     strategy: Some(pb::retry_policy::Strategy::CustomizedBackoff(
                         pb::CustomizedBackoff {
-                            next: CONSUMER_BACKOFF_SECS
+                            next: group
+                                .backoff_ms
                                 .iter()
-                                .map(|s| convert::to_duration(Duration::from_secs(*s)))
+                                .map(|ms| convert::to_duration(Duration::from_millis(*ms)))
                                 .collect(),
                         },
                     )),
@@ -150,7 +145,7 @@ impl SettingsPolicy {
                 reply.pub_sub = Some(pb::settings::PubSub::Subscription(pb::Subscription {
                     group: sub.group.clone(),
                     subscriptions: sub.subscriptions.clone(),
-                    fifo: Some(false),
+                    fifo: Some(group.fifo),
                     receive_batch_size: Some(RECEIVE_BATCH_SIZE),
                     long_polling_timeout: Some(convert::to_duration(self.long_polling)),
                     ..Default::default()
@@ -461,14 +456,13 @@ impl MessagingService for Service {
             .map(|q| name(&q.topic))
             .unwrap_or_default();
         let filter = match &req.filter_expression {
-            None => Filter::All,
-            Some(f) if f.r#type == pb::FilterType::Sql as i32 => {
-                return fail(BrokerError::NotImplemented("SQL92 filter expressions"))
-            }
-            Some(f) => match Filter::parse_tag(&f.expression) {
-                Ok(f) => f,
-                Err(e) => return fail(e),
-            },
+            None => Ok(Filter::All),
+            Some(f) if f.r#type == pb::FilterType::Sql as i32 => Filter::parse_sql(&f.expression),
+            Some(f) => Filter::parse_tag(&f.expression),
+        };
+        let filter = match filter {
+            Ok(f) => f,
+            Err(e) => return fail(BrokerError::IllegalFilter(e.to_string())),
         };
         let invisible_ms = match &req.invisible_duration {
             None => self.default_invisible_ms,
@@ -711,6 +705,7 @@ impl MessagingService for Service {
         let stream_id = self.stream_ids.fetch_add(1, Ordering::Relaxed);
         let clients = self.clients.clone();
         let policy = self.policy.clone();
+        let engine = self.engine.clone();
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
             loop {
@@ -730,7 +725,13 @@ impl MessagingService for Service {
                     debug!(client = %id, "telemetry command other than settings ignored");
                     continue;
                 };
-                let reply = match policy.reply(&settings) {
+                let group = match &settings.pub_sub {
+                    Some(pb::settings::PubSub::Subscription(sub)) => {
+                        engine.group_policy(&name(&sub.group))
+                    }
+                    _ => GroupPolicy::default(),
+                };
+                let reply = match policy.reply(&settings, &group) {
                     Ok(r) => r,
                     Err(msg) => {
                         warn!(client = %id, %msg, "refusing client settings");

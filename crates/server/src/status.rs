@@ -38,6 +38,7 @@ fn broker_code(e: &BrokerError) -> Code {
         B::InvalidTransactionId(_) => Code::InvalidTransactionId,
         B::TransactionConflict(_) => Code::PreconditionFailed,
         B::NotFound(_) => Code::NotFound,
+        B::Conflict(_) => Code::PreconditionFailed,
         B::LimitReached(_) => Code::TooManyRequests,
     }
 }

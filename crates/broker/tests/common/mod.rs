@@ -14,6 +14,9 @@ pub struct Harness {
     pub log: Vec<(u64, u32, Record)>,
     pub next: u64,
     config: CoreConfig,
+    /// Group policies, set again on the core rebuilt after a crash (the
+    /// broker keeps them in a metadata file, not the log).
+    policies: Vec<(String, GroupPolicy)>,
 }
 
 impl Harness {
@@ -29,6 +32,45 @@ impl Harness {
             log: Vec::new(),
             next: 0,
             config,
+            policies: Vec::new(),
+        }
+    }
+
+    pub fn set_policy(&mut self, group: &str, p: GroupPolicy) {
+        self.core.set_policy(group, Some(p.clone())).unwrap();
+        self.policies.push((group.to_string(), p));
+    }
+
+    /// Changes a delivery's invisibility (a nack when short); returns the
+    /// delivery with its new receipt.
+    pub fn renew(
+        &mut self,
+        now: i64,
+        group: &str,
+        d: &Delivery,
+        invisible: i64,
+    ) -> Result<Delivery, BrokerError> {
+        let (rec, handle) = self
+            .core
+            .plan_renew(now, group, "t", &d.receipt_handle, invisible)?;
+        self.commit(rec);
+        Ok(Delivery {
+            receipt_handle: handle,
+            visible_at_ms: now + invisible,
+            ..d.clone()
+        })
+    }
+
+    /// The message id a delivery carries.
+    pub fn id_of(&self, d: &Delivery) -> String {
+        let (_, _, rec) = self
+            .log
+            .iter()
+            .find(|(o, _, _)| *o == d.log_offset)
+            .expect("delivery points into the log");
+        match &rec.payload {
+            ferry_record::Payload::Message(m) => m.message_id.clone(),
+            other => panic!("delivery points at {:?}", other.kind()),
         }
     }
 
@@ -86,12 +128,13 @@ impl Harness {
             filter,
             max_messages: max,
             invisible_ms: invisible,
+            properties: None,
         };
         let plan = self.core.plan_receive(now, &req, self.next).unwrap();
         for r in plan.records {
             self.commit(r);
         }
-        self.core.apply_skips(group, "t", &plan.skips);
+        self.core.apply_scans(group, "t", &plan.scans);
         plan.deliveries
     }
 
@@ -105,6 +148,9 @@ impl Harness {
     pub fn replayed(&self) -> Broker {
         let mut core = Broker::new(self.config.clone());
         core.create_topic("t", 2).unwrap();
+        for (g, p) in &self.policies {
+            core.set_policy(g, Some(p.clone())).unwrap();
+        }
         for (o, l, r) in &self.log {
             core.apply(*o, *l, r);
         }
