@@ -559,8 +559,7 @@ impl Broker {
                 store_ms: now_ms,
                 ready_at,
             },
-            tag.as_deref(),
-            mg.as_deref(),
+            (tag.as_deref(), mg.as_deref()),
             true,
         );
     }
@@ -642,9 +641,9 @@ impl Broker {
                 ))
             })?
             .clone();
-        if !self
+        if self
             .entry(&o.topic, o.queue_id, o.queue_offset)
-            .is_some_and(|e| !e.is_lost())
+            .is_none_or(|e| e.is_lost())
         {
             return Err(BrokerError::NotFound(format!(
                 "the original message ({} queue {} offset {}) is no longer stored",
@@ -750,8 +749,7 @@ impl Broker {
                 store_ms,
                 ready_at: log_offset + len as u64,
             },
-            m.tag.as_deref(),
-            m.message_group.as_deref(),
+            (m.tag.as_deref(), m.message_group.as_deref()),
             false,
         );
     }
@@ -772,13 +770,13 @@ impl Broker {
             queue_id,
             queue_offset,
             entry,
-            p.tag.as_deref(),
-            p.message_group.as_deref(),
+            (p.tag.as_deref(), p.message_group.as_deref()),
             true,
         );
     }
 
-    /// Puts `entry` at `queue_offset` of a queue. `late` marks an entry
+    /// Puts `entry` at `queue_offset` of a queue, with its tag and message
+    /// group interned. `late` marks an entry
     /// indexed after records newer than its own (commit, timer).
     fn index(
         &mut self,
@@ -786,8 +784,7 @@ impl Broker {
         queue_id: u32,
         queue_offset: u64,
         mut entry: Entry,
-        tag: Option<&str>,
-        message_group: Option<&str>,
+        (tag, message_group): (Option<&str>, Option<&str>),
         late: bool,
     ) {
         let Some(topic) = self.topics.get_mut(topic) else {
@@ -1164,6 +1161,14 @@ impl Broker {
                 )
             })?;
         Ok((r, *f))
+    }
+
+    /// Whether `d` is still in flight under its receipt and invisible at
+    /// `now_ms`: a receive retried with the same attempt id may hand it out
+    /// again.
+    pub fn still_held(&self, group: &str, topic: &str, d: &Delivery, now_ms: i64) -> bool {
+        self.inflight_for(group, topic, &d.receipt_handle)
+            .is_ok_and(|(_, f)| f.visible_at_ms > now_ms)
     }
 
     /// Decides an acknowledgement. The record settles the message when applied.

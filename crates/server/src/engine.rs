@@ -96,6 +96,37 @@ pub struct ReceiveArgs {
     pub max_messages: usize,
     pub invisible_ms: i64,
     pub long_poll: Duration,
+    /// The client's id for this receive attempt: a retry with the same id
+    /// gets the same messages while they are still in flight.
+    pub attempt_id: Option<String>,
+}
+
+/// Recent receives by (group, topic, attempt id), so a client that lost a
+/// receive's answer and retries with the same attempt id gets the same
+/// messages rather than having them stuck invisible until they expire.
+/// Bounded; oldest entries go first.
+#[derive(Default)]
+struct Attempts {
+    by_key: HashMap<(String, String, String), Vec<Delivery>>,
+    order: std::collections::VecDeque<(String, String, String)>,
+}
+
+/// Receive attempts remembered for replay.
+const MAX_REMEMBERED_ATTEMPTS: usize = 10_000;
+/// Longest attempt id accepted.
+pub const MAX_ATTEMPT_ID_LEN: usize = 128;
+
+impl Attempts {
+    fn remember(&mut self, key: (String, String, String), deliveries: Vec<Delivery>) {
+        if self.by_key.insert(key.clone(), deliveries).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > MAX_REMEMBERED_ATTEMPTS {
+            if let Some(old) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+    }
 }
 
 pub struct Engine {
@@ -105,6 +136,7 @@ pub struct Engine {
     groups_path: std::path::PathBuf,
     /// Serialises writers of the metadata files.
     meta_lock: Mutex<()>,
+    attempts: Mutex<Attempts>,
     /// Long-polling receivers wait here per topic.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
     pub metrics: Metrics,
@@ -193,6 +225,7 @@ impl Engine {
             groups_path,
             meta_lock: Mutex::new(()),
             waiters: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(Attempts::default()),
             metrics: Metrics::default(),
             recovery,
             retention: config.retention,
@@ -471,6 +504,54 @@ impl Engine {
     /// Hands out up to `max_messages`, waiting up to `long_poll` for some to
     /// arrive or become visible again. Deliveries are durable before return.
     pub async fn receive(&self, args: &ReceiveArgs) -> Result<Vec<Delivered>, EngineError> {
+        let key = args
+            .attempt_id
+            .as_ref()
+            .map(|a| (args.group.clone(), args.topic.clone(), a.clone()));
+        if let Some(key) = &key {
+            if let Some(again) = self.replay_attempt(key) {
+                return Ok(again);
+            }
+        }
+        let got = self.receive_new(args).await?;
+        if let Some(key) = key {
+            if !got.is_empty() {
+                let deliveries = got.iter().map(|d| d.delivery.clone()).collect();
+                self.attempts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remember(key, deliveries);
+            }
+        }
+        Ok(got)
+    }
+
+    /// The messages an earlier receive with this attempt id handed out, if
+    /// any of them are still in flight under the same receipts.
+    fn replay_attempt(&self, key: &(String, String, String)) -> Option<Vec<Delivered>> {
+        let earlier = self
+            .attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_key
+            .get(key)?
+            .clone();
+        let now = now_ms();
+        let held: Vec<Delivery> = {
+            let core = self.core();
+            earlier
+                .into_iter()
+                .filter(|d| core.still_held(&key.0, &key.1, d, now))
+                .collect()
+        };
+        if held.is_empty() {
+            return None;
+        }
+        Metrics::add(&self.metrics.attempt_replays, 1);
+        Some(self.read_deliveries(&key.1, held))
+    }
+
+    async fn receive_new(&self, args: &ReceiveArgs) -> Result<Vec<Delivered>, EngineError> {
         let deadline = tokio::time::Instant::now() + args.long_poll;
         let notify = self.waiter(&args.topic);
         loop {
@@ -644,6 +725,25 @@ impl Engine {
         // A FIFO group's next message may be free now.
         self.wake(topic);
         Ok(())
+    }
+
+    /// Sends the dead letter at `dlq_offset` of `%DLQ%<group>` back to its
+    /// topic for `group` (admin API): due at once, attempts counted afresh.
+    pub async fn redrive(&self, group: &str, dlq_offset: u64) -> Result<String, EngineError> {
+        let (end, topic) = {
+            let mut core = self.core();
+            let rec = core.plan_redrive(now_ms(), group, dlq_offset)?;
+            let Payload::Redrive(r) = &rec.payload else {
+                unreachable!("plan_redrive makes Redrive records");
+            };
+            let topic = r.topic.clone();
+            (self.commit(&mut core, std::slice::from_ref(&rec))?, topic)
+        };
+        self.log.wait_committed(end).await?;
+        Metrics::add(&self.metrics.redriven, 1);
+        info!(%group, dlq_offset, %topic, "dead letter re-driven");
+        self.wake(&topic);
+        Ok(topic)
     }
 
     /// Changes the invisible duration of an in-flight message; returns the

@@ -1,10 +1,12 @@
 //! The HTTP listener: health, readiness, Prometheus metrics and a small JSON
-//! admin API (topics, groups, clients, transactions, recovery report).
+//! admin API (topics, groups and their policies, dead letters and re-drive,
+//! clients, transactions, recovery report).
 
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +35,15 @@ pub fn router(engine: Arc<Engine>, clients: Arc<Clients>) -> Router {
         .route("/v1/topics", get(topics))
         .route("/v1/topics/{name}", post(create_topic))
         .route("/v1/groups", get(groups))
+        .route(
+            "/v1/groups/{group}/policy",
+            get(get_policy).put(put_policy).delete(delete_policy),
+        )
+        .route("/v1/groups/{group}/dead-letters", get(dead_letters))
+        .route(
+            "/v1/groups/{group}/dead-letters/{offset}/redrive",
+            post(redrive),
+        )
         .route("/v1/clients", get(clients_list))
         .route("/v1/recovery", get(recovery))
         .route("/v1/transactions", get(transactions))
@@ -157,7 +168,7 @@ fn escape(label: &str) -> String {
 async fn metrics(State(s): State<AppState>) -> Response {
     let m = &s.engine.metrics;
     let mut out = String::new();
-    let counters: [(&str, &str, &AtomicU64); 18] = [
+    let counters: [(&str, &str, &AtomicU64); 21] = [
         (
             "ferry_messages_stored_total",
             "Messages durably stored.",
@@ -248,6 +259,21 @@ async fn metrics(State(s): State<AppState>) -> Response {
             "Messages indexed when their delivery time came.",
             &m.timers_fired,
         ),
+        (
+            "ferry_dead_lettered_total",
+            "Messages moved to a dead-letter topic (last attempt failed, or forwarded).",
+            &m.dead_lettered,
+        ),
+        (
+            "ferry_redriven_total",
+            "Dead letters sent back to their topic by an operator.",
+            &m.redriven,
+        ),
+        (
+            "ferry_receive_attempt_replays_total",
+            "Receives retried with the same attempt id that got the same messages again.",
+            &m.attempt_replays,
+        ),
     ];
     for (name, help, c) in counters {
         let v = Metrics::get(c);
@@ -323,4 +349,124 @@ async fn metrics(State(s): State<AppState>) -> Response {
         let _ = writeln!(out, "ferry_clients{{language=\"{}\"}} {n}", escape(&lang));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// An admin API refusal: the RocketMQ code name and the reason.
+fn refused(http: StatusCode, e: &crate::engine::EngineError) -> Response {
+    (
+        http,
+        Json(json!({"code": status::code_of(e).as_str_name(), "message": e.to_string()})),
+    )
+        .into_response()
+}
+
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"code": "BAD_REQUEST", "message": message})),
+    )
+        .into_response()
+}
+
+fn policy_json(s: &AppState, group: &str) -> serde_json::Value {
+    let own = s.engine.with_core(|c| c.policies().contains_key(group));
+    json!({"group": group, "own": own, "policy": s.engine.group_policy(group)})
+}
+
+async fn get_policy(State(s): State<AppState>, Path(group): Path<String>) -> Response {
+    Json(policy_json(&s, &group)).into_response()
+}
+
+/// A policy change: every field optional, the rest kept as they are.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyChange {
+    max_delivery_attempts: Option<u32>,
+    /// Steps as text, e.g. `"1s 5s 1m"`.
+    backoff: Option<String>,
+    backoff_ms: Option<Vec<u64>>,
+    fifo: Option<bool>,
+}
+
+async fn put_policy(
+    State(s): State<AppState>,
+    Path(group): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let change: PolicyChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return bad_request(format!("policy body: {e}")),
+    };
+    let mut p = s.engine.group_policy(&group);
+    if let Some(v) = change.max_delivery_attempts {
+        p.max_delivery_attempts = v;
+    }
+    match (change.backoff, change.backoff_ms) {
+        (Some(_), Some(_)) => return bad_request("give backoff or backoff_ms, not both".into()),
+        (Some(text), None) => match ferry_broker::policy::parse_backoff(&text) {
+            Ok(steps) => p.backoff_ms = steps,
+            Err(e) => return bad_request(format!("backoff: {e}")),
+        },
+        (None, Some(steps)) => p.backoff_ms = steps,
+        (None, None) => {}
+    }
+    if let Some(v) = change.fifo {
+        p.fifo = v;
+    }
+    match s.engine.set_group_policy(&group, Some(p)) {
+        Ok(()) => Json(policy_json(&s, &group)).into_response(),
+        Err(e) => refused(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+async fn delete_policy(State(s): State<AppState>, Path(group): Path<String>) -> Response {
+    match s.engine.set_group_policy(&group, None) {
+        Ok(()) => Json(policy_json(&s, &group)).into_response(),
+        Err(e) => refused(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Page {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Most dead letters one listing returns.
+const MAX_PAGE: usize = 1000;
+
+async fn dead_letters(
+    State(s): State<AppState>,
+    Path(group): Path<String>,
+    Query(page): Query<Page>,
+) -> Response {
+    let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let list = s
+        .engine
+        .with_core(|c| c.dead_letters(&group, page.from.unwrap_or(0), limit));
+    Json(json!({
+        "group": group,
+        "topic": ferry_broker::dlq_topic(&group),
+        "dead_letters": list,
+    }))
+    .into_response()
+}
+
+async fn redrive(
+    State(s): State<AppState>,
+    Path((group, offset)): Path<(String, u64)>,
+) -> Response {
+    match s.engine.redrive(&group, offset).await {
+        Ok(topic) => {
+            Json(json!({"group": group, "dlq_offset": offset, "topic": topic})).into_response()
+        }
+        Err(e) => {
+            let http = match status::code_of(&e) {
+                ferry_proto::v2::Code::NotFound => StatusCode::NOT_FOUND,
+                ferry_proto::v2::Code::PreconditionFailed => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            refused(http, &e)
+        }
+    }
 }

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub tx_end_refused: AtomicU64,
     pub timers_fired: AtomicU64,
     pub dead_lettered: AtomicU64,
+    pub redriven: AtomicU64,
+    pub attempt_replays: AtomicU64,
 }
 
 impl Metrics {

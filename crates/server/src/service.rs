@@ -491,6 +491,16 @@ impl MessagingService for Service {
             // Answer before the client gives up on the call.
             long_poll = long_poll.min(w.saturating_sub(Duration::from_millis(500)));
         }
+        if req
+            .attempt_id
+            .as_ref()
+            .is_some_and(|a| a.len() > crate::engine::MAX_ATTEMPT_ID_LEN)
+        {
+            return fail(BrokerError::BadRequest(format!(
+                "attempt id longer than {} bytes",
+                crate::engine::MAX_ATTEMPT_ID_LEN
+            )));
+        }
         if req.batch_size <= 0 {
             return fail(BrokerError::BadRequest(format!(
                 "batch size must be positive, got {}",
@@ -510,6 +520,7 @@ impl MessagingService for Service {
             max_messages: req.batch_size as usize,
             invisible_ms,
             long_poll,
+            attempt_id: req.attempt_id.clone().filter(|a| !a.is_empty()),
         };
         let store_host = self.listen.clone();
         match self.engine.receive(&args).await {
