@@ -107,3 +107,41 @@ fn a_consumer_can_forward_a_message_to_the_dead_letter_topic() {
     let (got, _) = receive_from(&mut h, T0 + 5_000, &dlq_topic("g"));
     assert_eq!(got.len(), 1);
 }
+
+#[test]
+fn a_redriven_dead_letter_comes_back_to_its_group_only_and_survives_a_crash() {
+    let mut h = harness(1);
+    h.send(T0, "m", None, 0);
+    receive_from(&mut h, T0, "t");
+    let (_, dead) = receive_from(&mut h, T0 + 1_000, "t");
+    assert_eq!(dead, 1);
+    let letters = h.core.dead_letters("g", 0, 10);
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].topic.as_str(), letters[0].attempts), ("t", 1));
+    // Unknown offsets and groups are refused by name.
+    assert!(matches!(
+        h.core.plan_redrive(T0, "g", 7),
+        Err(BrokerError::NotFound(_))
+    ));
+    assert!(matches!(
+        h.core.plan_redrive(T0, "other", 0),
+        Err(BrokerError::NotFound(_))
+    ));
+    let rec = h.core.plan_redrive(T0 + 2_000, "g", 0).unwrap();
+    h.commit(rec);
+    // In flight again (visible at once): a second re-drive is a conflict.
+    assert!(matches!(
+        h.core.plan_redrive(T0 + 2_000, "g", 0),
+        Err(BrokerError::Conflict(_))
+    ));
+    h.crash_and_recover();
+    let (got, dead) = receive_from(&mut h, T0 + 2_000, "t");
+    assert_eq!((got.len(), dead), (1, 0));
+    assert_eq!(got[0].attempt, 1, "attempts start over");
+    h.ack(T0 + 2_100, "g", &got[0]).unwrap();
+    // Another group never saw it fail and is unaffected.
+    let other = h.receive(T0 + 2_200, "g2", &Filter::All, 16, 1_000);
+    assert_eq!(other.len(), 1);
+    h.crash_and_recover();
+    assert!(receive_from(&mut h, T0 + 9_000, "t").0.is_empty());
+}

@@ -651,3 +651,105 @@ async fn shutdown_does_not_wait_on_open_telemetry_streams() {
     // The stream was ended by the broker, not left hanging.
     assert!(matches!(inbound.message().await, Ok(None) | Err(_)));
 }
+
+async fn receive_with(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    filter: Option<pb::FilterExpression>,
+    attempt_id: Option<&str>,
+) -> Vec<pb::receive_message_response::Content> {
+    let mut s = c
+        .receive_message(req(pb::ReceiveMessageRequest {
+            group: res("g"),
+            message_queue: Some(pb::MessageQueue {
+                topic: res(topic),
+                ..Default::default()
+            }),
+            filter_expression: filter,
+            batch_size: 16,
+            invisible_duration: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            long_polling_timeout: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 300_000_000,
+            }),
+            attempt_id: attempt_id.map(String::from),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(item) = s.message().await.unwrap() {
+        out.push(item.content.unwrap());
+    }
+    out
+}
+
+fn receipts(items: &[pb::receive_message_response::Content]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|c| match c {
+            pb::receive_message_response::Content::Message(m) => {
+                m.system_properties.as_ref().unwrap().receipt_handle.clone()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_filters_and_receive_attempt_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = start(dir.path()).await;
+    for i in 1..=3 {
+        let mut m = msg("f", &format!("m{i}"), b"x");
+        m.user_properties.insert("n".into(), i.to_string());
+        let r = c
+            .send_message(req(pb::SendMessageRequest { messages: vec![m] }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(code(&r.status), Code::Ok);
+    }
+    let sql = |e: &str| {
+        Some(pb::FilterExpression {
+            r#type: pb::FilterType::Sql as i32,
+            expression: e.into(),
+        })
+    };
+    let got = receive_with(&mut c, "f", sql("n > 1 AND n IS NOT NULL"), None).await;
+    let mut got = ids(&got);
+    got.sort();
+    assert_eq!(got, ["m2", "m3"]);
+    let bad = receive_with(&mut c, "f", sql("n > 'x"), None).await;
+    let Some(pb::receive_message_response::Content::Status(s)) = bad.first() else {
+        panic!("expected a status")
+    };
+    assert_eq!(s.code, Code::IllegalFilterExpression as i32);
+    assert!(s.message.contains("position 5"), "{}", s.message);
+
+    // A receive retried with the same attempt id gets the same messages
+    // under the same receipts; a new attempt id gets nothing more.
+    let first = receive_with(&mut c, "f2", None, Some("attempt-1")).await;
+    assert!(ids(&first).is_empty());
+    for i in 1..=2 {
+        let m = msg("f2", &format!("r{i}"), b"x");
+        c.send_message(req(pb::SendMessageRequest { messages: vec![m] }))
+            .await
+            .unwrap();
+    }
+    let first = receive_with(&mut c, "f2", None, Some("attempt-2")).await;
+    assert_eq!(ids(&first).len(), 2);
+    let again = receive_with(&mut c, "f2", None, Some("attempt-2")).await;
+    assert_eq!(ids(&again), ids(&first));
+    assert_eq!(receipts(&again), receipts(&first));
+    let other = receive_with(&mut c, "f2", None, Some("attempt-3")).await;
+    assert!(ids(&other).is_empty());
+    let long = "x".repeat(129);
+    let refused = receive_with(&mut c, "f2", None, Some(&long)).await;
+    assert!(matches!(refused.first(),
+        Some(pb::receive_message_response::Content::Status(s)) if s.code == Code::BadRequest as i32));
+}
