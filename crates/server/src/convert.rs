@@ -17,6 +17,14 @@ pub fn ts_to_ms(t: &Timestamp) -> i64 {
         .saturating_add(i64::from(t.nanos) / 1_000_000)
 }
 
+/// A delivery time in whole milliseconds, rounded *up*: a message due at
+/// X.0009 s must not fire at X.000 s (never early).
+pub fn due_ms(t: &Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add((i64::from(t.nanos) + 999_999).div_euclid(1_000_000))
+}
+
 pub fn ms_to_ts(ms: i64) -> Timestamp {
     Timestamp {
         seconds: ms.div_euclid(1000),
@@ -72,7 +80,7 @@ pub fn incoming(m: pb::Message) -> Result<Incoming, BrokerError> {
         tag: sp.tag,
         keys: sp.keys,
         message_group: sp.message_group,
-        delivery_timestamp_ms: sp.delivery_timestamp.as_ref().map(ts_to_ms),
+        delivery_timestamp_ms: sp.delivery_timestamp.as_ref().map(due_ms),
         // A malformed (negative) duration means "the broker's default".
         check_after_ms: sp
             .orphaned_transaction_recovery_duration
@@ -160,6 +168,7 @@ mod tests {
     fn timestamps_round_trip() {
         for ms in [0i64, 1, 999, 1_700_000_000_123, -1, -1001] {
             assert_eq!(ts_to_ms(&ms_to_ts(ms)), ms);
+            assert_eq!(due_ms(&ms_to_ts(ms)), ms);
         }
         assert_eq!(
             duration_ms(&prost_types::Duration {
@@ -175,5 +184,15 @@ mod tests {
             }),
             Some(2005)
         );
+    }
+
+    #[test]
+    fn delivery_times_round_up_to_the_next_millisecond() {
+        let t = Timestamp {
+            seconds: 10,
+            nanos: 900_000,
+        };
+        assert_eq!(due_ms(&t), 10_001);
+        assert_eq!(ts_to_ms(&t), 10_000);
     }
 }
