@@ -7,10 +7,17 @@
 //!   directory unless `--server` names a running one.
 //! * `tx` — half message + commit next to plain sends, alternating phases
 //!   in one run, with the cost ratio.
+//! * `timers` — delayed messages: lateness of 100k timers due in the same
+//!   second while 1M more are pending hours ahead; early receipts, drain
+//!   time, exactly-once.
+//! * `fifo` — FIFO consumer group: throughput of many message groups with
+//!   and without one slow group, alternating phases, order checked.
 
 mod append;
 mod e2e;
+mod fifo;
 mod net;
+mod timers;
 mod tx;
 
 use clap::{Args, Subcommand};
@@ -29,6 +36,10 @@ pub enum Which {
     E2e(e2e::E2eArgs),
     /// Transactional (half + commit) sends next to plain sends.
     Tx(tx::TxArgs),
+    /// Lateness of delayed messages due together, with many timers pending.
+    Timers(timers::TimersArgs),
+    /// FIFO consumption of many message groups, with and without a slow one.
+    Fifo(fifo::FifoArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -36,6 +47,8 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Syn
         Which::Append(a) => append::run(a),
         Which::E2e(a) => e2e::run(a),
         Which::Tx(a) => tx::run(a),
+        Which::Timers(a) => timers::run(a),
+        Which::Fifo(a) => fifo::run(a),
     }
 }
 

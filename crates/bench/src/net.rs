@@ -70,17 +70,28 @@ pub fn message(
 pub async fn broker(
     server: Option<String>,
 ) -> Result<(String, Option<tempfile::TempDir>), BoxError> {
+    let (grpc, _http, tmp) = broker_with_http(server, None).await?;
+    Ok((grpc, tmp))
+}
+
+/// As [`broker`], with the HTTP (admin) address too: the in-process
+/// broker's own, or `http` as given when `server` names a running one.
+pub async fn broker_with_http(
+    server: Option<String>,
+    http: Option<String>,
+) -> Result<(String, Option<String>, Option<tempfile::TempDir>), BoxError> {
     if let Some(s) = server {
-        return Ok((s, None));
+        return Ok((s, http, None));
     }
     let tmp = tempfile::tempdir_in(".")?;
     let port = free_port()?;
+    let http = format!("127.0.0.1:{}", free_port()?);
     let config = ferry_server::ServerConfig {
         data_dir: tmp.path().to_path_buf(),
         grpc_listen: format!("127.0.0.1:{port}"),
-        http_listen: format!("127.0.0.1:{}", free_port()?),
+        http_listen: http.clone(),
         ..Default::default()
     };
     tokio::spawn(ferry_server::run(config, std::future::pending()));
-    Ok((format!("127.0.0.1:{port}"), Some(tmp)))
+    Ok((format!("127.0.0.1:{port}"), Some(http), Some(tmp)))
 }
