@@ -141,21 +141,45 @@ def simple_consumer(broker, group, topic, expr="*", await_duration=2):
     return c
 
 
-def main():
-    broker = Broker()
+def wait_for(cond, timeout):
+    """Polls `cond` every 0.1 s for up to `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+def run_suite(broker, checks):
+    """Starts `broker`, runs `checks(closers)`, then shuts down every client
+    the checks put in `closers` and the broker, whatever happened; reports
+    the number of checks and removes the data directory on success."""
     broker.start()
-    producer = Producer(config(broker), (f"t-main-{RUN}",))
-    producer.startup()
+    closers = []
     try:
-        run_checks(broker, producer)
+        checks(closers)
     finally:
-        try:
-            producer.shutdown()
-        except Exception:
-            pass
+        for c in closers:
+            try:
+                c.shutdown()
+            except Exception:
+                pass
         broker.stop()
     print(f"\nall {len(CHECKS)} checks passed")
     shutil.rmtree(broker.dir, ignore_errors=True)
+
+
+def main():
+    broker = Broker()
+
+    def checks(closers):
+        producer = Producer(config(broker), (f"t-main-{RUN}",))
+        producer.startup()
+        closers.append(producer)
+        run_checks(broker, producer)
+
+    run_suite(broker, checks)
 
 
 def run_checks(broker, producer):

@@ -18,7 +18,6 @@ Exits non-zero on the first failed check.
 """
 
 import math
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from rocketmq import Producer
 from rocketmq.grpc_protocol import Code
 
-from python_client import CHECKS, RUN, Broker, check, config, message, simple_consumer
+from python_client import RUN, Broker, check, config, message, run_suite, simple_consumer
 
 TOPIC = f"t-delay-{RUN}"
 CRASH_TOPIC = f"t-delay-crash-{RUN}"
@@ -127,19 +126,7 @@ def metric(broker, name):
 
 def main():
     broker = Broker(["--max-delay-hours", "1"])
-    broker.start()
-    closers = []
-    try:
-        run_checks(broker, closers)
-    finally:
-        for c in closers:
-            try:
-                c.shutdown()
-            except Exception:
-                pass
-        broker.stop()
-    print(f"\nall {len(CHECKS)} checks passed")
-    shutil.rmtree(broker.dir, ignore_errors=True)
+    run_suite(broker, lambda closers: run_checks(broker, closers))
 
 
 def run_checks(broker, closers):

@@ -20,7 +20,6 @@ Exits non-zero on the first failed check.
 """
 
 import json
-import shutil
 import threading
 import time
 import urllib.request
@@ -29,8 +28,8 @@ from rocketmq import (ConsumeResult, FilterExpression, MessageListener,
                       Producer, PushConsumer)
 from rocketmq.grpc_protocol import FilterType
 
-from python_client import (CHECKS, RUN, Broker, check, config, drain, message,
-                           simple_consumer)
+from python_client import (RUN, Broker, check, config, drain, message, run_suite,
+                           simple_consumer, wait_for)
 
 
 def put_policy(broker, group, **policy):
@@ -41,18 +40,19 @@ def put_policy(broker, group, **policy):
     return json.loads(urllib.request.urlopen(req, timeout=5).read())
 
 
+def refusal(call):
+    """Runs an admin call that must fail; returns its HTTP code and the
+    message of its JSON body, or (None, "") when it succeeded."""
+    try:
+        call()
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()).get("message", "")
+    return None, ""
+
+
 def post(broker, path):
     req = urllib.request.Request(f"http://127.0.0.1:{broker.http}{path}", data=b"", method="POST")
     return json.loads(urllib.request.urlopen(req, timeout=5).read())
-
-
-def wait_for(cond, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return cond()
 
 
 class Recorder(MessageListener):
@@ -80,13 +80,7 @@ class Recorder(MessageListener):
 
 def main():
     broker = Broker()
-    broker.start()
-    try:
-        run_checks(broker)
-    finally:
-        broker.stop()
-    print(f"\nall {len(CHECKS)} checks passed")
-    shutil.rmtree(broker.dir, ignore_errors=True)
+    run_suite(broker, lambda closers: run_checks(broker))
 
 
 def run_checks(broker):
@@ -101,12 +95,16 @@ def run_checks(broker):
     got = put_policy(broker, g_fail, max_delivery_attempts=3, backoff="1s")
     check(got["policy"]["max_delivery_attempts"] == 3 and got["policy"]["backoff_ms"] == [1000],
           "a group policy is set through the admin API")
-    try:
-        put_policy(broker, g_fail, backoff="1s 5d")
-        check(False, "a bad backoff is refused")
-    except urllib.error.HTTPError as e:
-        body = json.loads(e.read())
-        check(e.code == 400 and "unknown unit" in body["message"], f"a bad backoff is refused: {body['message']}")
+    for bad, words in (({"backoff": "1s 5d"}, "unknown unit"),
+                       ({"fifo": True, "colour": "red"}, "unknown field"),
+                       ({"backoff": "1s", "backoff_ms": [1000]}, "not both"),
+                       ({"max_delivery_attempts": 0}, "1 to 1000")):
+        code, why = refusal(lambda: put_policy(broker, g_fail, **bad))
+        check(code == 400 and words in why, f"policy {bad} is refused: {why}")
+    check(broker.get_json(f"/v1/groups/{g_fail}/policy")["policy"]["max_delivery_attempts"] == 3,
+          "a refused change leaves the policy as it was")
+    code, _ = refusal(lambda: post(broker, f"/v1/groups/{g_fail}/dead-letters/99/redrive"))
+    check(code == 404, "re-driving an unknown dead letter is refused (404)")
 
     # --- always failing: max-attempts deliveries, then one dead letter ---
     sent = producer.send(message(retry_topic, b"doomed", tag="t1", keys=("k-doomed",),
@@ -142,11 +140,8 @@ def run_checks(broker):
     back = drain(again, 1, rounds=5, ack=False)
     check(len(back) == 1 and back[0].message_id == sent.message_id and back[0].delivery_attempt == 1,
           "the re-driven message comes back to its group as attempt 1")
-    try:
-        post(broker, f"/v1/groups/{g_fail}/dead-letters/{letters[0]['dlq_queue_offset']}/redrive")
-        check(False, "re-driving a message already in flight is refused")
-    except urllib.error.HTTPError as e:
-        check(e.code == 409, "re-driving a message already in flight is refused (409)")
+    code, _ = refusal(lambda: post(broker, f"/v1/groups/{g_fail}/dead-letters/{letters[0]['dlq_queue_offset']}/redrive"))
+    check(code == 409, "re-driving a message already in flight is refused (409)")
     again.ack(back[0])
     again.shutdown()
 

@@ -12,8 +12,6 @@ Usage: python python_transactions.py path/to/ferry
 Exits non-zero on the first failed check.
 """
 
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,8 +19,8 @@ import time
 
 from rocketmq import Producer, TransactionChecker, TransactionResolution
 
-from python_client import (CHECKS, FERRY, RUN, Broker, check, config, drain,
-                           message, simple_consumer)
+from python_client import (RUN, Broker, check, config, drain, message,
+                           run_suite, simple_consumer, wait_for)
 
 TOPIC = f"t-tx-{RUN}"
 
@@ -60,14 +58,6 @@ def send_half(producer, decide):
     receipt = producer.send(tx_message(decide), tx)
     return tx, receipt
 
-
-def wait_for(cond, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return cond()
 
 
 CHILD_SEND_AND_DIE = r"""
@@ -111,22 +101,17 @@ sys.exit(0 if ok else 1)
 def main():
     broker = Broker(["--tx-check-after-ms", "4000", "--tx-check-interval-ms", "1000",
                      "--tx-max-checks", "3"])
-    broker.start()
-    checker = PropertyChecker()
-    producer = Producer(config(broker), (TOPIC,), checker)
-    producer.startup()
-    consumer = simple_consumer(broker, f"g-tx-{RUN}", TOPIC)
-    try:
+
+    def checks(closers):
+        checker = PropertyChecker()
+        producer = Producer(config(broker), (TOPIC,), checker)
+        producer.startup()
+        closers.append(producer)
+        consumer = simple_consumer(broker, f"g-tx-{RUN}", TOPIC)
+        closers.append(consumer)
         run_checks(broker, producer, checker, consumer)
-    finally:
-        for c in (consumer, producer):
-            try:
-                c.shutdown()
-            except Exception:
-                pass
-        broker.stop()
-    print(f"\nall {len(CHECKS)} checks passed")
-    shutil.rmtree(broker.dir, ignore_errors=True)
+
+    run_suite(broker, checks)
 
 
 def run_checks(broker, producer, checker, consumer):

@@ -67,25 +67,7 @@ async fn run_async(a: E2eArgs) -> Result<(), Box<dyn std::error::Error + Send + 
         consumers.push(tokio::spawn(async move {
             while acked.load(Ordering::Relaxed) < total {
                 let mut stream = match c
-                    .receive_message(req(pb::ReceiveMessageRequest {
-                        group: resource(&group),
-                        message_queue: Some(pb::MessageQueue {
-                            topic: resource(&topic),
-                            ..Default::default()
-                        }),
-                        filter_expression: None,
-                        batch_size: 32,
-                        invisible_duration: Some(prost_types::Duration {
-                            seconds: 30,
-                            nanos: 0,
-                        }),
-                        auto_renew: false,
-                        long_polling_timeout: Some(prost_types::Duration {
-                            seconds: 1,
-                            nanos: 0,
-                        }),
-                        attempt_id: None,
-                    }))
+                    .receive_message(req(net::receive_request(&group, &topic, 30)))
                     .await
                 {
                     Ok(s) => s.into_inner(),
@@ -95,11 +77,7 @@ async fn run_async(a: E2eArgs) -> Result<(), Box<dyn std::error::Error + Send + 
                 while let Ok(Some(item)) = stream.message().await {
                     if let Some(pb::receive_message_response::Content::Message(m)) = item.content {
                         let sp = m.system_properties.unwrap_or_default();
-                        entries.push(pb::AckMessageEntry {
-                            message_id: sp.message_id,
-                            receipt_handle: sp.receipt_handle.unwrap_or_default(),
-                            lite_topic: None,
-                        });
+                        entries.push(net::ack_entry(sp));
                     }
                 }
                 if entries.is_empty() {

@@ -368,25 +368,7 @@ async fn consume(
 ) {
     loop {
         let mut stream = match c
-            .receive_message(req(pb::ReceiveMessageRequest {
-                group: resource(&group),
-                message_queue: Some(pb::MessageQueue {
-                    topic: resource(&topic),
-                    ..Default::default()
-                }),
-                filter_expression: None,
-                batch_size: 32,
-                invisible_duration: Some(prost_types::Duration {
-                    seconds: 30,
-                    nanos: 0,
-                }),
-                auto_renew: false,
-                long_polling_timeout: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                }),
-                attempt_id: None,
-            }))
+            .receive_message(req(net::receive_request(&group, &topic, 30)))
             .await
         {
             Ok(s) => s.into_inner(),
@@ -411,11 +393,7 @@ async fn consume(
                     sp.message_group
                 ));
             }
-            let entry = pb::AckMessageEntry {
-                message_id: sp.message_id,
-                receipt_handle: sp.receipt_handle.unwrap_or_default(),
-                lite_topic: None,
-            };
+            let entry = net::ack_entry(sp);
             st.begin(g, seq);
             match slow.filter(|_| g == 0) {
                 Some(delay) => {

@@ -95,3 +95,36 @@ pub async fn broker_with_http(
     tokio::spawn(ferry_server::run(config, std::future::pending()));
     Ok((format!("127.0.0.1:{port}"), Some(http), Some(tmp)))
 }
+
+/// A ReceiveMessage request as every bench consumer makes it: all tags,
+/// batch 32, long polling 1 s, invisible for `invisible_s`.
+pub fn receive_request(group: &str, topic: &str, invisible_s: i64) -> pb::ReceiveMessageRequest {
+    pb::ReceiveMessageRequest {
+        group: resource(group),
+        message_queue: Some(pb::MessageQueue {
+            topic: resource(topic),
+            ..Default::default()
+        }),
+        filter_expression: None,
+        batch_size: 32,
+        invisible_duration: Some(prost_types::Duration {
+            seconds: invisible_s,
+            nanos: 0,
+        }),
+        auto_renew: false,
+        long_polling_timeout: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        attempt_id: None,
+    }
+}
+
+/// The ack entry for a received message's system properties.
+pub fn ack_entry(sp: pb::SystemProperties) -> pb::AckMessageEntry {
+    pb::AckMessageEntry {
+        message_id: sp.message_id,
+        receipt_handle: sp.receipt_handle.unwrap_or_default(),
+        lite_topic: None,
+    }
+}

@@ -270,28 +270,7 @@ async fn consume(
     let pending = format!("{run}P");
     while !seen.stop.load(Ordering::Relaxed) {
         let mut stream = match c
-            .receive_message(req(pb::ReceiveMessageRequest {
-                group: resource(&group),
-                message_queue: Some(pb::MessageQueue {
-                    topic: resource(&topic),
-                    ..Default::default()
-                }),
-                filter_expression: Some(pb::FilterExpression {
-                    r#type: pb::FilterType::Tag as i32,
-                    expression: "*".into(),
-                }),
-                batch_size: 32,
-                invisible_duration: Some(prost_types::Duration {
-                    seconds: 60,
-                    nanos: 0,
-                }),
-                auto_renew: false,
-                long_polling_timeout: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                }),
-                attempt_id: None,
-            }))
+            .receive_message(req(net::receive_request(&group, &topic, 60)))
             .await
         {
             Ok(s) => s.into_inner(),
@@ -348,11 +327,7 @@ async fn consume(
             } else {
                 seen.foreign.fetch_add(1, Ordering::Relaxed);
             }
-            entries.push(pb::AckMessageEntry {
-                message_id: sp.message_id,
-                receipt_handle: sp.receipt_handle.unwrap_or_default(),
-                lite_topic: None,
-            });
+            entries.push(net::ack_entry(sp));
         }
         if entries.is_empty() {
             continue;

@@ -138,6 +138,34 @@ fn queue_for(m: &Incoming, queues: u32) -> u32 {
     }
 }
 
+/// The record that moves the message at `(queue_id, queue_offset)` of
+/// `topic` (index entry `e`) to `%DLQ%<group>` at `dlq_queue_offset`, after
+/// `attempts` deliveries. The one shape both ways to a dead letter share.
+fn dead_letter_record(
+    now_ms: i64,
+    group: &str,
+    topic: &str,
+    (queue_id, queue_offset): (u32, u64),
+    e: &Entry,
+    attempts: u32,
+    dlq_queue_offset: u64,
+) -> Record {
+    Record {
+        term: 0,
+        timestamp_ms: now_ms,
+        payload: Payload::DeadLetter(DeadLetterRecord {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            queue_id,
+            queue_offset,
+            message_offset: e.log_offset,
+            message_len: e.len,
+            attempts,
+            dlq_queue_offset,
+        }),
+    }
+}
+
 /// Decides a message's placement from its type, delivery time and store
 /// time. `prepare_message` and `apply` both ask this, `apply` with the
 /// record's own timestamp, so replay places every message as it was placed
@@ -441,8 +469,8 @@ impl Broker {
             Payload::Message(m) => self.apply_message(log_offset, len, rec.timestamp_ms, m),
             Payload::Deliver(d) => {
                 self.next_handle = self.next_handle.max(d.handle + 1);
-                let mg = self.message_group_of(&d.topic, d.queue_id, d.queue_offset);
-                let Some(gq) = self.group_queue_mut(&d.group, &d.topic, d.queue_id, d.queue_offset)
+                let Some((gq, mg)) =
+                    self.group_queue_mut(&d.group, &d.topic, d.queue_id, d.queue_offset)
                 else {
                     return;
                 };
@@ -458,8 +486,7 @@ impl Broker {
                 );
             }
             Payload::Ack(a) => {
-                let mg = self.message_group_of(&a.topic, a.queue_id, a.queue_offset);
-                if let Some(gq) =
+                if let Some((gq, mg)) =
                     self.group_queue_mut(&a.group, &a.topic, a.queue_id, a.queue_offset)
                 {
                     if gq
@@ -473,7 +500,7 @@ impl Broker {
             }
             Payload::Renew(r) => {
                 self.next_handle = self.next_handle.max(r.handle + 1);
-                if let Some(gq) =
+                if let Some((gq, _)) =
                     self.group_queue_mut(&r.group, &r.topic, r.queue_id, r.queue_offset)
                 {
                     gq.renew(r.queue_offset, r.handle, r.visible_at_ms);
@@ -488,7 +515,7 @@ impl Broker {
             }
             Payload::Redrive(r) => {
                 self.next_handle = self.next_handle.max(r.handle + 1);
-                if let Some(gq) =
+                if let Some((gq, _)) =
                     self.group_queue_mut(&r.group, &r.topic, r.queue_id, r.queue_offset)
                 {
                     gq.redrive(r.queue_offset, r.handle, rec.timestamp_ms);
@@ -507,12 +534,6 @@ impl Broker {
         }
     }
 
-    /// The message group of the message at `queue_offset`, if it has one.
-    fn message_group_of(&self, topic: &str, queue_id: u32, queue_offset: u64) -> Option<Arc<str>> {
-        self.entry(topic, queue_id, queue_offset)
-            .and_then(|e| e.group.clone())
-    }
-
     fn entry(&self, topic: &str, queue_id: u32, queue_offset: u64) -> Option<&Entry> {
         self.topics
             .get(topic)?
@@ -522,11 +543,14 @@ impl Broker {
     }
 
     fn apply_dead_letter(&mut self, ready_at: u64, now_ms: i64, d: &DeadLetterRecord) {
-        let (tag, mg) = self
+        let tag = self
             .entry(&d.topic, d.queue_id, d.queue_offset)
-            .map_or((None, None), |e| (e.tag.clone(), e.group.clone()));
-        if let Some(gq) = self.group_queue_mut(&d.group, &d.topic, d.queue_id, d.queue_offset) {
-            gq.settle(d.queue_offset, mg.as_ref());
+            .and_then(|e| e.tag.clone());
+        let mut mg = None;
+        if let Some((gq, g)) = self.group_queue_mut(&d.group, &d.topic, d.queue_id, d.queue_offset)
+        {
+            gq.settle(d.queue_offset, g.as_ref());
+            mg = g;
         }
         self.dead_letters
             .entry(d.group.clone())
@@ -583,29 +607,20 @@ impl Broker {
     ) -> Result<Record, BrokerError> {
         let (r, f) = self.inflight_for(group, topic, receipt)?;
         let e = self
-            .topics
-            .get(topic)
-            .and_then(|t| t.queues.get(r.queue_id as usize))
-            .and_then(|q| q.get(r.queue_offset))
+            .entry(topic, r.queue_id, r.queue_offset)
             .filter(|e| !e.is_lost())
             .ok_or_else(|| {
                 BrokerError::InvalidReceiptHandle("the message it names is no longer stored".into())
             })?;
-        let dlq_queue_offset = self.dlq_next_offset(group);
-        Ok(Record {
-            term: 0,
-            timestamp_ms: now_ms,
-            payload: Payload::DeadLetter(DeadLetterRecord {
-                group: group.to_string(),
-                topic: topic.to_string(),
-                queue_id: r.queue_id,
-                queue_offset: r.queue_offset,
-                message_offset: e.log_offset,
-                message_len: e.len,
-                attempts: f.attempt,
-                dlq_queue_offset,
-            }),
-        })
+        Ok(dead_letter_record(
+            now_ms,
+            group,
+            topic,
+            (r.queue_id, r.queue_offset),
+            e,
+            f.attempt,
+            self.dlq_next_offset(group),
+        ))
     }
 
     /// Dead letters of `group` from `from` on, at most `limit`.
@@ -822,26 +837,24 @@ impl Broker {
     }
 
     /// The state of `group` on a queue, created on first use starting at the
-    /// queue's oldest retained message. `None` when the message at
-    /// `queue_offset` is no longer retained (its records are history).
+    /// queue's oldest retained message, with the message group of the
+    /// message at `queue_offset` (one index lookup serves both). `None` when
+    /// that message is no longer retained (its records are history).
     fn group_queue_mut(
         &mut self,
         group: &str,
         topic: &str,
         queue_id: u32,
         queue_offset: u64,
-    ) -> Option<&mut GroupQueue> {
+    ) -> Option<(&mut GroupQueue, Option<Arc<str>>)> {
         let queue = self.topics.get(topic)?.queues.get(queue_id as usize)?;
-        if queue_offset < queue.base || queue_offset >= queue.next_offset() {
-            return None;
-        }
+        let message_group = queue.get(queue_offset)?.group.clone();
         let base = queue.base;
         let state = self.groups.entry(group.to_string()).or_default();
-        Some(
-            state
-                .entry((topic.to_string(), queue_id))
-                .or_insert_with(|| GroupQueue::new(base)),
-        )
+        let gq = state
+            .entry((topic.to_string(), queue_id))
+            .or_insert_with(|| GroupQueue::new(base));
+        Some((gq, message_group))
     }
 
     /// Marks a message whose record turned out damaged on read: it can never
@@ -962,14 +975,18 @@ impl Broker {
                 None => false,
             }
         };
+        // One key for the whole walk: the topic name is copied once per
+        // receive, not once per queue.
+        let mut key = (req.topic.to_string(), 0u32);
         for i in 0..n {
             if plan.deliveries.len() >= req.max_messages {
                 break;
             }
             let q = ((start + i) % n) as u32;
             let queue = &topic.queues[q as usize];
+            key.1 = q;
             let fresh_state;
-            let gq = match state.get(&(req.topic.to_string(), q)) {
+            let gq = match state.get(&key) {
                 Some(gq) => gq,
                 None => {
                     fresh_state = GroupQueue::new(queue.base);
@@ -987,20 +1004,15 @@ impl Broker {
                 let attempt = gq.inflight.get(&off).map_or(1, |f| f.attempt + 1);
                 if attempt > max_attempts {
                     let next = dlq_next.unwrap_or_else(|| self.dlq_next_offset(req.group));
-                    plan.records.push(Record {
-                        term: 0,
-                        timestamp_ms: now_ms,
-                        payload: Payload::DeadLetter(DeadLetterRecord {
-                            group: req.group.to_string(),
-                            topic: req.topic.to_string(),
-                            queue_id: q,
-                            queue_offset: off,
-                            message_offset: e.log_offset,
-                            message_len: e.len,
-                            attempts: attempt - 1,
-                            dlq_queue_offset: next,
-                        }),
-                    });
+                    plan.records.push(dead_letter_record(
+                        now_ms,
+                        req.group,
+                        req.topic,
+                        (q, off),
+                        e,
+                        attempt - 1,
+                        next,
+                    ));
                     dlq_next = Some(next + 1);
                     plan.dead_lettered += 1;
                     continue;

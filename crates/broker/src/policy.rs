@@ -78,12 +78,6 @@ impl GroupPolicy {
         }
         Ok(())
     }
-
-    /// Wait before the delivery after `attempt` failed deliveries (1-based).
-    pub fn backoff_for(&self, attempt: u32) -> u64 {
-        let i = (attempt.max(1) as usize - 1).min(self.backoff_ms.len().saturating_sub(1));
-        self.backoff_ms.get(i).copied().unwrap_or(MIN_BACKOFF_MS)
-    }
 }
 
 /// Parses a backoff list such as `1s 5s 500ms 2m 1h` (spaces or commas).
@@ -123,13 +117,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_repeat_the_last_step() {
+    fn defaults_are_valid_and_follow_the_rocketmq_schedule() {
         let p = GroupPolicy::default();
         p.validate().unwrap();
-        assert_eq!(p.backoff_for(1), 1_000);
-        assert_eq!(p.backoff_for(2), 5_000);
-        assert_eq!(p.backoff_for(18), 7_200_000);
-        assert_eq!(p.backoff_for(40), 7_200_000);
+        assert_eq!(p.max_delivery_attempts, 17);
+        assert_eq!(p.backoff_ms.len(), 18);
+        assert_eq!((p.backoff_ms[0], p.backoff_ms[1]), (1_000, 5_000));
+        assert_eq!(p.backoff_ms[17], 7_200_000);
     }
 
     #[test]

@@ -385,3 +385,39 @@ fn switching_fifo_off_and_on_loses_nothing() {
         .receive(w.now, "g", &Filter::All, 32, INVISIBLE)
         .is_empty());
 }
+
+#[test]
+fn held_messages_per_queue_are_bounded_and_drain_in_order() {
+    let mut config = CoreConfig::default();
+    config.limits.max_fifo_held_per_queue = 3;
+    let mut h = Harness::with_config(config);
+    h.set_policy("g", fifo_policy(17));
+    for i in 0..6 {
+        h.store(T0, &fifo_message(&format!("slow-{i}"), Some("slow")));
+    }
+    // A message of no group on the same queue, behind them.
+    let same_queue = crc32c::crc32c(b"slow") % 2;
+    let mut free = fifo_message("free-0", None);
+    free.queue_id = same_queue;
+    h.store(T0, &free);
+    let got = h.receive(T0, "g", &Filter::All, 32, INVISIBLE);
+    let ids: Vec<String> = got.iter().map(|d| h.id_of(d)).collect();
+    // slow-1..3 are held; the scan stops there, so free-0 waits too.
+    assert_eq!(ids, ["slow-0"]);
+    let mut order = ids;
+    let mut pending = got;
+    for _ in 0..20 {
+        for d in pending.drain(..) {
+            h.ack(T0, "g", &d).unwrap();
+        }
+        pending = h.receive(T0, "g", &Filter::All, 32, INVISIBLE);
+        order.extend(pending.iter().map(|d| h.id_of(d)));
+    }
+    let slow: Vec<&String> = order.iter().filter(|id| id.starts_with("slow")).collect();
+    assert_eq!(
+        slow,
+        ["slow-0", "slow-1", "slow-2", "slow-3", "slow-4", "slow-5"]
+    );
+    assert!(order.contains(&"free-0".to_string()));
+    assert_eq!(order.len(), 7);
+}

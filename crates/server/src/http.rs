@@ -369,8 +369,10 @@ fn bad_request(message: String) -> Response {
 }
 
 fn policy_json(s: &AppState, group: &str) -> serde_json::Value {
-    let own = s.engine.with_core(|c| c.policies().contains_key(group));
-    json!({"group": group, "own": own, "policy": s.engine.group_policy(group)})
+    let (own, policy) = s
+        .engine
+        .with_core(|c| (c.policies().contains_key(group), c.policy(group).clone()));
+    json!({"group": group, "own": own, "policy": policy})
 }
 
 async fn get_policy(State(s): State<AppState>, Path(group): Path<String>) -> Response {

@@ -93,9 +93,11 @@ fn code(s: &Option<pb::Status>) -> Code {
     Code::try_from(s.as_ref().expect("status").code).unwrap()
 }
 
-async fn receive_all(
+async fn receive_with(
     c: &mut MessagingServiceClient<Channel>,
     topic: &str,
+    filter: Option<pb::FilterExpression>,
+    attempt_id: Option<&str>,
     poll_ms: i32,
 ) -> Vec<pb::receive_message_response::Content> {
     let mut s = c
@@ -105,6 +107,7 @@ async fn receive_all(
                 topic: res(topic),
                 ..Default::default()
             }),
+            filter_expression: filter,
             batch_size: 16,
             invisible_duration: Some(prost_types::Duration {
                 seconds: 30,
@@ -114,6 +117,7 @@ async fn receive_all(
                 seconds: i64::from(poll_ms / 1000),
                 nanos: (poll_ms % 1000) * 1_000_000,
             }),
+            attempt_id: attempt_id.map(String::from),
             ..Default::default()
         }))
         .await
@@ -124,6 +128,14 @@ async fn receive_all(
         out.push(item.content.unwrap());
     }
     out
+}
+
+async fn receive_all(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    poll_ms: i32,
+) -> Vec<pb::receive_message_response::Content> {
+    receive_with(c, topic, None, None, poll_ms).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -652,42 +664,6 @@ async fn shutdown_does_not_wait_on_open_telemetry_streams() {
     assert!(matches!(inbound.message().await, Ok(None) | Err(_)));
 }
 
-async fn receive_with(
-    c: &mut MessagingServiceClient<Channel>,
-    topic: &str,
-    filter: Option<pb::FilterExpression>,
-    attempt_id: Option<&str>,
-) -> Vec<pb::receive_message_response::Content> {
-    let mut s = c
-        .receive_message(req(pb::ReceiveMessageRequest {
-            group: res("g"),
-            message_queue: Some(pb::MessageQueue {
-                topic: res(topic),
-                ..Default::default()
-            }),
-            filter_expression: filter,
-            batch_size: 16,
-            invisible_duration: Some(prost_types::Duration {
-                seconds: 30,
-                nanos: 0,
-            }),
-            long_polling_timeout: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: 300_000_000,
-            }),
-            attempt_id: attempt_id.map(String::from),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(item) = s.message().await.unwrap() {
-        out.push(item.content.unwrap());
-    }
-    out
-}
-
 fn receipts(items: &[pb::receive_message_response::Content]) -> Vec<String> {
     items
         .iter()
@@ -720,11 +696,11 @@ async fn sql_filters_and_receive_attempt_ids() {
             expression: e.into(),
         })
     };
-    let got = receive_with(&mut c, "f", sql("n > 1 AND n IS NOT NULL"), None).await;
+    let got = receive_with(&mut c, "f", sql("n > 1 AND n IS NOT NULL"), None, 300).await;
     let mut got = ids(&got);
     got.sort();
     assert_eq!(got, ["m2", "m3"]);
-    let bad = receive_with(&mut c, "f", sql("n > 'x"), None).await;
+    let bad = receive_with(&mut c, "f", sql("n > 'x"), None, 300).await;
     let Some(pb::receive_message_response::Content::Status(s)) = bad.first() else {
         panic!("expected a status")
     };
@@ -733,7 +709,7 @@ async fn sql_filters_and_receive_attempt_ids() {
 
     // A receive retried with the same attempt id gets the same messages
     // under the same receipts; a new attempt id gets nothing more.
-    let first = receive_with(&mut c, "f2", None, Some("attempt-1")).await;
+    let first = receive_with(&mut c, "f2", None, Some("attempt-1"), 300).await;
     assert!(ids(&first).is_empty());
     for i in 1..=2 {
         let m = msg("f2", &format!("r{i}"), b"x");
@@ -741,15 +717,15 @@ async fn sql_filters_and_receive_attempt_ids() {
             .await
             .unwrap();
     }
-    let first = receive_with(&mut c, "f2", None, Some("attempt-2")).await;
+    let first = receive_with(&mut c, "f2", None, Some("attempt-2"), 300).await;
     assert_eq!(ids(&first).len(), 2);
-    let again = receive_with(&mut c, "f2", None, Some("attempt-2")).await;
+    let again = receive_with(&mut c, "f2", None, Some("attempt-2"), 300).await;
     assert_eq!(ids(&again), ids(&first));
     assert_eq!(receipts(&again), receipts(&first));
-    let other = receive_with(&mut c, "f2", None, Some("attempt-3")).await;
+    let other = receive_with(&mut c, "f2", None, Some("attempt-3"), 300).await;
     assert!(ids(&other).is_empty());
     let long = "x".repeat(129);
-    let refused = receive_with(&mut c, "f2", None, Some(&long)).await;
+    let refused = receive_with(&mut c, "f2", None, Some(&long), 300).await;
     assert!(matches!(refused.first(),
         Some(pb::receive_message_response::Content::Status(s)) if s.code == Code::BadRequest as i32));
 }
