@@ -7,38 +7,26 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_record::{
     AckRecord, DeadLetterRecord, DeliverRecord, FireRecord, MessageRecord, Payload, RecallRecord,
-    Record, RedriveRecord, RenewRecord, TxCheckRecord, TxEndRecord, TxOutcome, TxSource,
+    Record, RedriveRecord, RenewRecord, TopicDeleteRecord, TxCheckRecord, TxEndRecord, TxOutcome,
+    TxSource,
 };
 
 use crate::group::{Fifo, GroupQueue, Inflight, Scan};
 use crate::handle::{self, Receipt};
+use crate::message_index::{Candidates, MessageIndex};
 use crate::policy::GroupPolicy;
 use crate::timer::{Parked, Timer, Timers};
-use crate::topic::{Entry, Topic};
+use crate::topic::{Entry, Topic, TopicConfig};
 use crate::transaction::{self, HalfMessage, Resolved, Transactions};
 use crate::{validate, BrokerError, CoreConfig};
 use ferry_filter::Filter;
 
-/// RocketMQ message types, by their wire numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageKind {
-    Normal = 1,
-    Fifo = 2,
-    Delay = 3,
-    Transaction = 4,
-}
+mod inspect;
+mod topic_delete;
 
-impl MessageKind {
-    pub fn from_code(v: u8) -> Option<Self> {
-        match v {
-            1 => Some(Self::Normal),
-            2 => Some(Self::Fifo),
-            3 => Some(Self::Delay),
-            4 => Some(Self::Transaction),
-            _ => None,
-        }
-    }
-}
+pub use inspect::{DeliveryState, GroupDelivery, GroupView, MessageStatus, TxState};
+
+pub use crate::message_type::{MessageKind, MessageTypes};
 
 /// A message as a producer sent it, before it has a place in the log.
 #[derive(Debug, Clone)]
@@ -209,6 +197,9 @@ pub struct TopicStats {
     pub name: String,
     /// Per queue: (min offset, max offset) — the retained range.
     pub queues: Vec<(u64, u64)>,
+    pub message_types: MessageTypes,
+    /// See [`Topic::created_at`]; saved with the topic's definition.
+    pub created_at: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -271,6 +262,15 @@ pub struct Broker {
     dead_letters: BTreeMap<String, BTreeMap<u64, DeadLetterOrigin>>,
     transactions: Transactions,
     timers: Timers,
+    /// Every retained message record by id and by key (for lookups).
+    messages: MessageIndex,
+    /// Where messages indexed after newer records (committed half
+    /// messages, fired timers) sit: their record cannot say, it was written
+    /// before the place was known. Log offset → (queue, queue offset).
+    late_positions: BTreeMap<u64, (u32, u64)>,
+    /// End of the last record applied: the log end, live. A topic created
+    /// now exists from here on (see [`Topic::created_at`]).
+    applied_end: u64,
     next_handle: u64,
     rotation: u64,
 }
@@ -285,6 +285,9 @@ impl Broker {
             groups: BTreeMap::new(),
             policies: BTreeMap::new(),
             dead_letters: BTreeMap::new(),
+            messages: MessageIndex::default(),
+            late_positions: BTreeMap::new(),
+            applied_end: 0,
             next_handle: 1,
             rotation: 0,
         }
@@ -351,18 +354,46 @@ impl Broker {
         self.topics.keys().map(String::as_str)
     }
 
-    /// Creates a topic with `queues` queues. Creating an existing topic is a
-    /// no-op that returns `false`.
+    /// Creates a topic with `queues` queues accepting every message type.
+    /// Creating an existing topic is a no-op that returns `false`.
     pub fn create_topic(&mut self, name: &str, queues: u32) -> Result<bool, BrokerError> {
+        self.create_topic_with(
+            name,
+            TopicConfig {
+                queues,
+                message_types: MessageTypes::ALL,
+            },
+        )
+    }
+
+    /// Creates a topic, existing from the current log end on. Creating an
+    /// existing topic is a no-op that returns `false`.
+    pub fn create_topic_with(
+        &mut self,
+        name: &str,
+        config: TopicConfig,
+    ) -> Result<bool, BrokerError> {
+        self.restore_topic(name, config, self.applied_end)
+    }
+
+    /// Creates a topic as the topic file describes it, before the log is
+    /// replayed: `created_at` is where it began, so replay can tell a
+    /// deletion of an earlier topic of that name from one of this topic.
+    pub fn restore_topic(
+        &mut self,
+        name: &str,
+        config: TopicConfig,
+        created_at: u64,
+    ) -> Result<bool, BrokerError> {
         validate::topic_name(name, &self.config.limits)?;
         if self.topics.contains_key(name) {
             return Ok(false);
         }
         let limits = &self.config.limits;
-        if queues == 0 || queues > limits.max_queues_per_topic {
+        if config.queues == 0 || config.queues > limits.max_queues_per_topic {
             return Err(BrokerError::BadRequest(format!(
-                "a topic needs 1 to {} queues, not {queues}",
-                limits.max_queues_per_topic
+                "a topic needs 1 to {} queues, not {}",
+                limits.max_queues_per_topic, config.queues
             )));
         }
         if self.topics.len() >= limits.max_topics {
@@ -372,8 +403,23 @@ impl Broker {
             )));
         }
         self.topics
-            .insert(name.to_string(), Topic::new(name, queues));
+            .insert(name.to_string(), Topic::new(name, config, created_at));
         Ok(true)
+    }
+
+    /// Changes the message types an existing topic accepts. Configuration,
+    /// not history: what was stored before stays.
+    pub fn set_message_types(
+        &mut self,
+        name: &str,
+        types: MessageTypes,
+    ) -> Result<(), BrokerError> {
+        let t = self
+            .topics
+            .get_mut(name)
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
+        t.config.message_types = types;
+        Ok(())
     }
 
     /// Admits a whole batch before any of it is stored, so a refusal never
@@ -385,8 +431,21 @@ impl Broker {
         let mut halves = self.transactions.pending_len();
         let mut timers = self.timers.len();
         for (i, m) in batch.iter().enumerate() {
-            if !self.topics.contains_key(&m.topic) {
+            let Some(topic) = self.topics.get(&m.topic) else {
                 return Err((i, BrokerError::TopicNotFound(m.topic.clone())));
+            };
+            // A transactional message counts as TRANSACTION whatever else
+            // it carries (message group, delivery time): its kind says so.
+            if !topic.message_types().contains(m.kind) {
+                return Err((
+                    i,
+                    BrokerError::MessageTypeNotAccepted(format!(
+                        "topic {} accepts {}; this message is {}",
+                        m.topic,
+                        topic.message_types(),
+                        m.kind
+                    )),
+                ));
             }
             validate::delivery_time(m, now_ms, limits).map_err(|e| (i, e))?;
             if m.kind == MessageKind::Transaction {
@@ -465,6 +524,7 @@ impl Broker {
     /// Applies one record found at `log_offset` (length `len`). The only way
     /// state changes; used identically live and during recovery.
     pub fn apply(&mut self, log_offset: u64, len: u32, rec: &Record) {
+        self.applied_end = self.applied_end.max(log_offset + len as u64);
         match &rec.payload {
             Payload::Message(m) => self.apply_message(log_offset, len, rec.timestamp_ms, m),
             Payload::Deliver(d) => {
@@ -510,9 +570,7 @@ impl Broker {
             Payload::Recall(r) => {
                 self.timers.remove(r.message_offset);
             }
-            Payload::DeadLetter(d) => {
-                self.apply_dead_letter(log_offset + len as u64, rec.timestamp_ms, d)
-            }
+            Payload::DeadLetter(d) => self.apply_dead_letter(log_offset, len, rec.timestamp_ms, d),
             Payload::Redrive(r) => {
                 self.next_handle = self.next_handle.max(r.handle + 1);
                 if let Some((gq, _)) =
@@ -531,6 +589,7 @@ impl Broker {
                     self.index_parked(&t.msg, f.queue_id, f.queue_offset, ready_at);
                 }
             }
+            Payload::TopicDelete(d) => self.apply_topic_delete(log_offset, rec.timestamp_ms, d),
         }
     }
 
@@ -542,7 +601,8 @@ impl Broker {
             .get(queue_offset)
     }
 
-    fn apply_dead_letter(&mut self, ready_at: u64, now_ms: i64, d: &DeadLetterRecord) {
+    fn apply_dead_letter(&mut self, log_offset: u64, len: u32, now_ms: i64, d: &DeadLetterRecord) {
+        let ready_at = log_offset + len as u64;
         let tag = self
             .entry(&d.topic, d.queue_id, d.queue_offset)
             .and_then(|e| e.tag.clone());
@@ -568,9 +628,13 @@ impl Broker {
         let dlq = dlq_topic(&d.group);
         // Internal: made on first use, whatever the topic limits say, so a
         // failing message always has somewhere to go.
-        self.topics
-            .entry(dlq.clone())
-            .or_insert_with(|| Topic::new(&dlq, 1));
+        self.topics.entry(dlq.clone()).or_insert_with(|| {
+            let config = TopicConfig {
+                queues: 1,
+                message_types: MessageTypes::ALL,
+            };
+            Topic::new(&dlq, config, log_offset)
+        });
         self.index(
             &dlq,
             0,
@@ -656,9 +720,13 @@ impl Broker {
                 ))
             })?
             .clone();
+        // The original place must still hold the very record the dead
+        // letter points at: its topic may have been deleted and re-created
+        // since, with another message at that offset now.
+        let letter = self.dead_letter_record(group, dlq_offset).map(|(o, _)| o);
         if self
             .entry(&o.topic, o.queue_id, o.queue_offset)
-            .is_none_or(|e| e.is_lost())
+            .is_none_or(|e| e.is_lost() || Some(e.log_offset) != letter)
         {
             return Err(BrokerError::NotFound(format!(
                 "the original message ({} queue {} offset {}) is no longer stored",
@@ -724,11 +792,17 @@ impl Broker {
     }
 
     fn apply_message(&mut self, log_offset: u64, len: u32, store_ms: i64, m: &MessageRecord) {
+        self.messages.add(log_offset, &m.message_id, &m.keys);
         let default_queues = self.config.default_queues;
-        let topic = self
-            .topics
-            .entry(m.topic.clone())
-            .or_insert_with(|| Topic::new(&m.topic, default_queues.max(m.queue_id + 1)));
+        let topic = self.topics.entry(m.topic.clone()).or_insert_with(|| {
+            // Made by a record (replay without the topic file, or after the
+            // topic was deleted): the defaults an auto-created topic gets.
+            let config = TopicConfig {
+                queues: default_queues.max(m.queue_id + 1),
+                message_types: MessageTypes::ALL,
+            };
+            Topic::new(&m.topic, config, log_offset)
+        });
         while topic.queues.len() <= m.queue_id as usize {
             topic.queues.push(Default::default());
         }
@@ -772,6 +846,8 @@ impl Broker {
     /// Indexes a parked message (committed, or its time came) after records
     /// newer than its own; the entry points at its original record.
     fn index_parked(&mut self, p: &Parked, queue_id: u32, queue_offset: u64, ready_at: u64) {
+        self.late_positions
+            .insert(p.log_offset, (queue_id, queue_offset));
         let entry = Entry {
             log_offset: p.log_offset,
             len: p.len,
@@ -1291,6 +1367,8 @@ impl Broker {
                 }
             }
         }
+        self.messages.prune_below(cut);
+        self.late_positions = self.late_positions.split_off(&cut);
         for (group, origins) in &mut self.dead_letters {
             let base = self
                 .topics
@@ -1579,6 +1657,8 @@ impl Broker {
             .map(|t| TopicStats {
                 name: t.name.clone(),
                 queues: t.queues.iter().map(|q| (q.base, q.next_offset())).collect(),
+                message_types: t.message_types(),
+                created_at: t.created_at,
             })
             .collect()
     }
@@ -1587,21 +1667,7 @@ impl Broker {
         let mut out = Vec::new();
         for (group, state) in &self.groups {
             for ((topic, q), gq) in state {
-                let max_offset = self
-                    .topics
-                    .get(topic)
-                    .and_then(|t| t.queues.get(*q as usize))
-                    .map_or(0, |queue| queue.next_offset());
-                let consumed = gq.ack_floor();
-                out.push(GroupQueueStats {
-                    group: group.clone(),
-                    topic: topic.clone(),
-                    queue_id: *q,
-                    consumed_offset: consumed,
-                    max_offset,
-                    lag: max_offset.saturating_sub(consumed),
-                    inflight: gq.inflight.len(),
-                });
+                out.push(self.queue_stats(group, topic, *q, gq));
             }
         }
         out

@@ -55,4 +55,11 @@ pub enum BrokerError {
     NotFound(String),
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// The topic does not accept this message's type; says which it does.
+    #[error("{0}")]
+    MessageTypeNotAccepted(String),
+    #[error("consumer group {0:?} is unknown: it has no policy, no progress and no dead letters")]
+    GroupNotFound(String),
+    #[error("no message with id {0:?} is stored (never sent here, or removed by retention)")]
+    MessageNotFound(String),
 }

@@ -11,6 +11,8 @@
 //! Modules: [`config`] (limits and defaults), [`error`] (typed failures),
 //! [`validate`] (message and name rules),
 //! [`handle`] (receipt handles), [`topic`] (queues and their index),
+//! [`message_type`] (the message types a topic accepts),
+//! [`message_index`] (messages by id and key, for lookups),
 //! [`group`] (consumer-group progress), [`policy`] (per-group attempts,
 //! backoff and FIFO), [`transaction`] (half messages,
 //! check-back schedule, outcomes), [`timer`] (messages waiting for their
@@ -21,6 +23,8 @@ pub mod core;
 pub mod error;
 pub mod group;
 pub mod handle;
+pub mod message_index;
+pub mod message_type;
 pub mod policy;
 pub mod timer;
 pub mod topic;
@@ -30,10 +34,13 @@ pub mod validate;
 pub use crate::config::{CoreConfig, Limits, TransactionConfig};
 pub use crate::core::{
     dlq_topic, placement, recall_handle, Broker, CheckOrder, CheckPlan, DeadLetterOrigin, Delivery,
-    EndDecision, GroupQueueStats, Incoming, MessageKind, Placement, PropertyReader, ReceivePlan,
-    ReceiveRequest, RetentionLoss, TopicStats,
+    DeliveryState, EndDecision, GroupDelivery, GroupQueueStats, GroupView, Incoming, MessageKind,
+    MessageStatus, MessageTypes, Placement, PropertyReader, ReceivePlan, ReceiveRequest,
+    RetentionLoss, TopicStats, TxState,
 };
 pub use crate::error::BrokerError;
 pub use crate::group::Scan;
+pub use crate::message_index::Candidates;
 pub use crate::policy::GroupPolicy;
+pub use crate::topic::TopicConfig;
 pub use ferry_filter::Filter;

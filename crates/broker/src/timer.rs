@@ -78,6 +78,21 @@ impl Timers {
         Some(t)
     }
 
+    /// Drops every timer of `topic` (the topic was deleted); returns how
+    /// many. A full pass: deletion is a rare operator action.
+    pub fn remove_topic(&mut self, topic: &str) -> usize {
+        let gone: Vec<u64> = self
+            .timers
+            .values()
+            .filter(|t| t.msg.topic == topic)
+            .map(|t| t.msg.log_offset)
+            .collect();
+        for o in &gone {
+            self.remove(*o);
+        }
+        gone.len()
+    }
+
     /// The earliest timer, if it is due at `now_ms`.
     pub fn first_due(&self, now_ms: i64) -> Option<&Timer> {
         let &(due, off) = self.schedule.iter().next()?;

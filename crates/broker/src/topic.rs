@@ -4,6 +4,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
+use crate::message_type::MessageTypes;
+
 /// Where one message lies, plus what filtering needs without reading it.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -57,22 +59,49 @@ impl Queue {
     }
 }
 
+/// What an operator decides about a topic, kept in `meta/topics.json`
+/// rather than the log: it shapes how messages are admitted, not what
+/// happened to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicConfig {
+    pub queues: u32,
+    /// Message types a send may carry; others are refused whole.
+    pub message_types: MessageTypes,
+}
+
 #[derive(Debug)]
 pub struct Topic {
     pub name: String,
+    /// At least `config.queues` queues: replay adds any queue a record
+    /// names beyond them.
     pub queues: Vec<Queue>,
+    /// As configured; when replay resets the topic (see `created_at`) it
+    /// starts again from this.
+    pub config: TopicConfig,
+    /// Log offset from which this incarnation of the topic exists: the log
+    /// end when it was created. A `TopicDelete` record *below* it deleted an
+    /// earlier topic of the same name (met while replaying, because the
+    /// topic file already describes the re-created one), so replay resets
+    /// the topic instead of removing it; one at or above it removes it.
+    pub created_at: u64,
     /// Interned tags and message groups: most topics use a handful of tags
     /// and reuse their groups, stored once.
     tags: HashSet<Arc<str>>,
 }
 
 impl Topic {
-    pub fn new(name: &str, queues: u32) -> Self {
+    pub fn new(name: &str, config: TopicConfig, created_at: u64) -> Self {
         Topic {
             name: name.to_string(),
-            queues: (0..queues).map(|_| Queue::default()).collect(),
+            queues: (0..config.queues).map(|_| Queue::default()).collect(),
+            config,
+            created_at,
             tags: HashSet::new(),
         }
+    }
+
+    pub fn message_types(&self) -> MessageTypes {
+        self.config.message_types
     }
 
     pub fn intern(&mut self, tag: &str) -> Arc<str> {

@@ -90,6 +90,12 @@ impl Transactions {
         self.pending.values()
     }
 
+    /// Pending half messages of `topic`. A full pass: only a topic's
+    /// deletion asks.
+    pub fn pending_of<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a HalfMessage> {
+        self.pending.values().filter(move |h| h.msg.topic == topic)
+    }
+
     pub fn get(&self, offset: u64) -> Option<&HalfMessage> {
         self.pending.get(&offset)
     }

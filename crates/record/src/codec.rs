@@ -79,6 +79,7 @@ pub fn encoded_len(rec: &Record) -> usize {
         Payload::DeadLetter(d) => s(&d.group) + s(&d.topic) + 4 + 8 + 8 + 4 + 4 + 8,
         Payload::Recall(r) => 8 + s(&r.topic) + s(&r.message_id),
         Payload::Redrive(r) => s(&r.group) + s(&r.topic) + 4 + 8 + 8 + 8,
+        Payload::TopicDelete(t) => s(&t.topic),
     };
     HEADER_LEN + payload
 }
@@ -211,6 +212,7 @@ pub fn encode(rec: &Record, offset: u64, out: &mut Vec<u8>) {
             out.put_u64_le(r.dlq_queue_offset);
             out.put_u64_le(r.handle);
         }
+        Payload::TopicDelete(t) => put_str(out, &t.topic),
     }
     debug_assert_eq!(out.len() - start, len, "encoded_len disagrees with encode");
     let crc = checksum(&out[start..start + len]);
@@ -411,6 +413,7 @@ pub fn decode(
             dlq_queue_offset: r.u64()?,
             handle: r.u64()?,
         }),
+        Kind::TopicDelete => Payload::TopicDelete(TopicDeleteRecord { topic: r.string()? }),
     };
     if r.remaining() != 0 {
         return Err(DecodeError::Malformed("trailing bytes after payload"));

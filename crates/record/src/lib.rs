@@ -1,8 +1,8 @@
 //! The commit-log record format.
 //!
 //! Every fact Ferry keeps — a message, a delivery, an acknowledgement, a
-//! change of invisibility, a transaction's check or outcome, a timer firing —
-//! is one record appended to the commit log. This
+//! change of invisibility, a transaction's check or outcome, a timer firing,
+//! a topic's deletion — is one record appended to the commit log. This
 //! crate owns the byte layout of those records and nothing else: it is pure
 //! (no files, no clock), so the store, the broker core, the recovery scanner
 //! and the fuzzers all share one definition.
@@ -33,8 +33,8 @@ mod types;
 pub use codec::{decode, encode, encoded_len, peek_len, DecodeError};
 pub use types::{
     AckRecord, DeadLetterRecord, DeliverRecord, FireRecord, Kind, MessageRecord, Payload,
-    RecallRecord, Record, RedriveRecord, RenewRecord, TxCheckRecord, TxEndRecord, TxOutcome,
-    TxSource,
+    RecallRecord, Record, RedriveRecord, RenewRecord, TopicDeleteRecord, TxCheckRecord,
+    TxEndRecord, TxOutcome, TxSource,
 };
 
 /// Bytes of the fixed record header.

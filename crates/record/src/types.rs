@@ -16,6 +16,7 @@ pub enum Kind {
     DeadLetter = 8,
     Recall = 9,
     Redrive = 10,
+    TopicDelete = 11,
 }
 
 impl Kind {
@@ -31,6 +32,7 @@ impl Kind {
             8 => Some(Kind::DeadLetter),
             9 => Some(Kind::Recall),
             10 => Some(Kind::Redrive),
+            11 => Some(Kind::TopicDelete),
             _ => None,
         }
     }
@@ -60,6 +62,7 @@ pub enum Payload {
     DeadLetter(DeadLetterRecord),
     Recall(RecallRecord),
     Redrive(RedriveRecord),
+    TopicDelete(TopicDeleteRecord),
 }
 
 impl Payload {
@@ -75,6 +78,7 @@ impl Payload {
             Payload::DeadLetter(_) => Kind::DeadLetter,
             Payload::Recall(_) => Kind::Recall,
             Payload::Redrive(_) => Kind::Redrive,
+            Payload::TopicDelete(_) => Kind::TopicDelete,
         }
     }
 }
@@ -274,4 +278,15 @@ pub struct RedriveRecord {
     /// The handle number the message is in flight under until the next
     /// receive hands it out (it is visible at once, so no consumer holds it).
     pub handle: u64,
+}
+
+/// An operator deleted `topic`: its queues, every group's progress on it,
+/// its pending timers and half messages are gone (never delivered), and so
+/// are the dead-letter origins when it is a `%DLQ%<group>` topic. A record,
+/// not a metadata edit, so replay removes it at the same point in history
+/// the live broker did: records after it with the same name re-create the
+/// topic fresh, queue offsets starting at 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDeleteRecord {
+    pub topic: String,
 }

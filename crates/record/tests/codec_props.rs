@@ -223,6 +223,7 @@ fn payload() -> impl Strategy<Value = Payload> {
                     })
                 }
             ),
+        short_string().prop_map(|topic| Payload::TopicDelete(TopicDeleteRecord { topic })),
     ]
 }
 
@@ -286,4 +287,19 @@ fn oversized_length_is_refused_before_reading() {
     buf[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
     let err = decode(&Bytes::from(buf), 0, 1024).unwrap_err();
     assert!(matches!(err, DecodeError::BadLength { .. }), "{err}");
+}
+
+#[test]
+fn topic_delete_is_kind_11() {
+    let rec = Record {
+        term: 0,
+        timestamp_ms: 5,
+        payload: Payload::TopicDelete(TopicDeleteRecord {
+            topic: "orders".into(),
+        }),
+    };
+    let buf = encoded(&rec, 64);
+    assert_eq!(buf[8], 11);
+    assert_eq!(Kind::from_u8(11), Some(Kind::TopicDelete));
+    assert_eq!(decode(&buf, 64, MAX).unwrap().0, rec);
 }

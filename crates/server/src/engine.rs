@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_broker::{
     placement, Broker, BrokerError, CheckOrder, Delivery, EndDecision, Filter, GroupPolicy,
-    Incoming, Placement, ReceiveRequest,
+    Incoming, MessageTypes, Placement, ReceiveRequest, TopicConfig,
 };
 use ferry_record::{MessageRecord, Payload, Record, TxOutcome, TxSource};
 use ferry_store::{meta, Log, LogConfig, RecoveryReport, StoreError};
@@ -43,6 +43,33 @@ struct TopicsFile {
 struct TopicDef {
     name: String,
     queues: u32,
+    /// Names, e.g. `["NORMAL", "FIFO"]`. Files written before topics had
+    /// types lack the field: those topics accepted everything, and still do.
+    #[serde(default = "all_type_names")]
+    message_types: Vec<String>,
+    /// Log offset from which this topic exists (see
+    /// `ferry_broker::topic::Topic::created_at`): tells replay whether a
+    /// deletion in the log was of this topic or of an earlier one of the
+    /// same name. Older files lack it; they predate deletion, so 0 is right.
+    #[serde(default)]
+    created_at: u64,
+}
+
+fn all_type_names() -> Vec<String> {
+    MessageTypes::ALL
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+/// What creating a topic found or made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicCreated {
+    /// False when the topic already existed.
+    pub created: bool,
+    pub queues: u32,
+    pub message_types: MessageTypes,
 }
 
 /// Consumer groups' own delivery policies, as kept in `meta/groups.json`.
@@ -172,7 +199,16 @@ impl Engine {
         match meta::read::<TopicsFile>(&meta_path) {
             Ok(Some(file)) => {
                 for t in file.topics {
-                    if let Err(e) = core.create_topic(&t.name, t.queues) {
+                    let made = MessageTypes::parse(&t.message_types)
+                        .map_err(BrokerError::BadRequest)
+                        .and_then(|message_types| {
+                            let config = TopicConfig {
+                                queues: t.queues,
+                                message_types,
+                            };
+                            core.restore_topic(&t.name, config, t.created_at)
+                        });
+                    if let Err(e) = made {
                         warn!(topic = %t.name, error = %e, "skipping unusable topic definition");
                     }
                 }
@@ -282,6 +318,13 @@ impl Engine {
                     .map(|t| TopicDef {
                         name: t.name,
                         queues: t.queues.len() as u32,
+                        message_types: t
+                            .message_types
+                            .names()
+                            .into_iter()
+                            .map(String::from)
+                            .collect(),
+                        created_at: t.created_at,
                     })
                     .collect(),
             }
@@ -338,13 +381,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes sure `topic` exists, creating it when automatic creation is on.
-    /// Returns its queue count.
-    pub fn ensure_topic(&self, topic: &str) -> Result<u32, EngineError> {
+    /// Makes sure `topic` exists, creating it (accepting every message
+    /// type) when automatic creation is on. Returns its queue count and the
+    /// message types it accepts.
+    pub fn ensure_topic(&self, topic: &str) -> Result<(u32, MessageTypes), EngineError> {
         let created = {
             let mut core = self.core();
             if let Some(t) = core.topic(topic) {
-                return Ok(t.queues.len() as u32);
+                return Ok((t.queues.len() as u32, t.message_types()));
             }
             if !core.config().auto_create_topics {
                 return Err(BrokerError::TopicNotFound(topic.to_string()).into());
@@ -355,16 +399,63 @@ impl Engine {
         };
         info!(%topic, queues = created, "topic created");
         self.save_topics()?;
-        Ok(created)
+        Ok((created, MessageTypes::ALL))
     }
 
-    /// Creates a topic with an explicit queue count (admin API).
-    pub fn create_topic(&self, topic: &str, queues: u32) -> Result<bool, EngineError> {
-        let created = self.core().create_topic(topic, queues)?;
-        if created {
+    /// Creates a topic (admin API) with `queues` queues (default: the
+    /// broker's) accepting `types` (default: all). For an existing topic,
+    /// `types` replaces what it accepts; its queue count stays.
+    pub fn create_topic(
+        &self,
+        topic: &str,
+        queues: Option<u32>,
+        types: Option<MessageTypes>,
+    ) -> Result<TopicCreated, EngineError> {
+        let (answer, changed) = {
+            let mut core = self.core();
+            let config = TopicConfig {
+                queues: queues.unwrap_or(core.config().default_queues),
+                message_types: types.unwrap_or(MessageTypes::ALL),
+            };
+            let created = core.create_topic_with(topic, config)?;
+            let mut changed = created;
+            if let (false, Some(types)) = (created, types) {
+                changed = core.topic(topic).map(|t| t.message_types()) != Some(types);
+                core.set_message_types(topic, types)?;
+            }
+            let t = core
+                .topic(topic)
+                .ok_or_else(|| BrokerError::TopicNotFound(topic.to_string()))?;
+            let answer = TopicCreated {
+                created,
+                queues: t.queues.len() as u32,
+                message_types: t.message_types(),
+            };
+            (answer, changed)
+        };
+        if changed {
+            info!(%topic, queues = answer.queues, types = %answer.message_types, created = answer.created, "topic defined");
             self.save_topics()?;
         }
-        Ok(created)
+        Ok(answer)
+    }
+
+    /// Deletes a topic (admin API): a `TopicDelete` record, durable before
+    /// the answer, then the topic file without it. Its messages stay in the
+    /// log until retention (lookups still find them) but are never
+    /// delivered again; a later send of the same name makes a new topic.
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), EngineError> {
+        let end = {
+            let mut core = self.core();
+            let rec = core.plan_topic_delete(now_ms(), topic)?;
+            self.commit(&mut core, std::slice::from_ref(&rec))?
+        };
+        self.log.wait_committed(end).await?;
+        info!(%topic, "topic deleted");
+        self.save_topics()?;
+        // Long polls on it look again (and find it gone).
+        self.wake(topic);
+        Ok(())
     }
 
     fn waiter(&self, topic: &str) -> Arc<Notify> {

@@ -1,11 +1,16 @@
 //! The HTTP listener: health, readiness, Prometheus metrics and a small JSON
-//! admin API (topics, groups and their policies, dead letters and re-drive,
-//! clients, transactions, recovery report).
+//! admin API (topics — create, describe, delete —, groups and their
+//! policies, dead letters and re-drive, message lookup by id or key with
+//! its history, clients, transactions, recovery report).
+//!
+//! Refusals are JSON `{"code": "<RocketMQ code name>", "message": "..."}`
+//! with the HTTP status that fits (404 for anything not found).
 
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -14,10 +19,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use ferry_broker::GroupQueueStats;
+use ferry_broker::{BrokerError, GroupQueueStats, MessageTypes};
+use ferry_proto::v2::Code;
 
 use crate::clients::Clients;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
+use crate::lookup;
 use crate::metrics::Metrics;
 use crate::status;
 
@@ -33,8 +40,12 @@ pub fn router(engine: Arc<Engine>, clients: Arc<Clients>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/topics", get(topics))
-        .route("/v1/topics/{name}", post(create_topic))
+        .route(
+            "/v1/topics/{name}",
+            post(create_topic).get(describe_topic).delete(delete_topic),
+        )
         .route("/v1/groups", get(groups))
+        .route("/v1/groups/{group}", get(describe_group))
         .route(
             "/v1/groups/{group}/policy",
             get(get_policy).put(put_policy).delete(delete_policy),
@@ -44,6 +55,8 @@ pub fn router(engine: Arc<Engine>, clients: Arc<Clients>) -> Router {
             "/v1/groups/{group}/dead-letters/{offset}/redrive",
             post(redrive),
         )
+        .route("/v1/messages", get(messages_by_key))
+        .route("/v1/messages/{message_id}", get(message_by_id))
         .route("/v1/clients", get(clients_list))
         .route("/v1/recovery", get(recovery))
         .route("/v1/transactions", get(transactions))
@@ -61,49 +74,198 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
+fn queues_json(queues: &[(u64, u64)]) -> Vec<serde_json::Value> {
+    queues
+        .iter()
+        .enumerate()
+        .map(|(i, (min, max))| json!({"id": i, "min_offset": min, "max_offset": max}))
+        .collect()
+}
+
 async fn topics(State(s): State<AppState>) -> Json<serde_json::Value> {
     let topics = s.engine.with_core(|c| c.topic_stats());
     Json(json!({
         "topics": topics.iter().map(|t| json!({
             "name": t.name,
-            "queues": t.queues.iter().enumerate().map(|(i, (min, max))| json!({"id": i, "min_offset": min, "max_offset": max})).collect::<Vec<_>>(),
+            "message_types": t.message_types,
+            "queues": queues_json(&t.queues),
         })).collect::<Vec<_>>()
     }))
 }
 
+/// A topic definition: both fields optional (the broker's default queue
+/// count; every message type).
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateTopic {
     queues: Option<u32>,
+    message_types: Option<Vec<String>>,
 }
 
 async fn create_topic(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    body: Option<Json<CreateTopic>>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let queues = body
-        .and_then(|b| b.queues)
-        .unwrap_or_else(|| s.engine.with_core(|c| c.config().default_queues));
-    match s.engine.create_topic(&name, queues) {
-        Ok(created) => (
-            if created {
+    let def = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateTopic {
+            queues: None,
+            message_types: None,
+        }
+    } else {
+        match serde_json::from_slice::<CreateTopic>(&body) {
+            Ok(d) => d,
+            Err(e) => return bad_request(format!("topic body: {e}")),
+        }
+    };
+    let types = match def.message_types.as_deref().map(MessageTypes::parse) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => return bad_request(e),
+    };
+    match s.engine.create_topic(&name, def.queues, types) {
+        Ok(t) => (
+            if t.created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             },
-            Json(json!({"name": name, "created": created})),
+            Json(json!({
+                "name": name,
+                "created": t.created,
+                "queues": t.queues,
+                "message_types": t.message_types,
+            })),
         )
             .into_response(),
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"code": status::code_of(&e).as_str_name(), "message": e.to_string()})),
-        )
-            .into_response(),
+        Err(e) => refused(http_of(&e), &e),
+    }
+}
+
+async fn describe_topic(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let found = s.engine.with_core(|c| {
+        let t = c.topic(&name)?;
+        let queues: Vec<(u64, u64)> = t.queues.iter().map(|q| (q.base, q.next_offset())).collect();
+        Some((t.message_types(), queues, c.topic_groups(&name)))
+    });
+    match found {
+        Some((types, queues, groups)) => Json(json!({
+            "name": name,
+            "message_types": types,
+            "queues": queues_json(&queues),
+            "groups": groups,
+        }))
+        .into_response(),
+        None => not_found(BrokerError::TopicNotFound(name)),
+    }
+}
+
+async fn delete_topic(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    match s.engine.delete_topic(&name).await {
+        Ok(()) => Json(json!({"name": name, "deleted": true})).into_response(),
+        Err(e) => refused(http_of(&e), &e),
     }
 }
 
 async fn groups(State(s): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "groups": s.engine.with_core(|c| c.group_stats()) }))
+    s.engine.with_core(|c| {
+        let rows: Vec<serde_json::Value> = c
+            .group_stats()
+            .into_iter()
+            .map(|g| {
+                let p = c.policy(&g.group);
+                let mut row = serde_json::to_value(&g).unwrap_or_default();
+                row["fifo"] = p.fifo.into();
+                row["max_delivery_attempts"] = p.max_delivery_attempts.into();
+                row
+            })
+            .collect();
+        let summary: Vec<serde_json::Value> = c
+            .group_names()
+            .into_iter()
+            .filter_map(|g| c.group_view(&g))
+            .map(|v| {
+                json!({
+                    "group": v.group,
+                    "own_policy": v.own_policy,
+                    "fifo": v.policy.fifo,
+                    "max_delivery_attempts": v.policy.max_delivery_attempts,
+                    "queues": v.queues.len(),
+                    "lag": v.queues.iter().map(|q| q.lag).sum::<u64>(),
+                    "inflight": v.queues.iter().map(|q| q.inflight).sum::<usize>(),
+                    "dead_letters": v.dead_letters,
+                })
+            })
+            .collect();
+        Json(json!({ "groups": rows, "summary": summary }))
+    })
+}
+
+async fn describe_group(State(s): State<AppState>, Path(group): Path<String>) -> Response {
+    if let Err(e) = ferry_broker::validate::group_name(&group, s.engine.limits()) {
+        let e = EngineError::from(e);
+        return refused(http_of(&e), &e);
+    }
+    let Some(v) = s.engine.with_core(|c| c.group_view(&group)) else {
+        return not_found(BrokerError::GroupNotFound(group));
+    };
+    Json(json!({
+        "group": v.group,
+        "policy": v.policy,
+        "own_policy": v.own_policy,
+        "fifo": v.policy.fifo,
+        "queues": v.queues.iter().map(|q| json!({
+            "topic": q.topic,
+            "queue_id": q.queue_id,
+            "consumed_offset": q.consumed_offset,
+            "max_offset": q.max_offset,
+            "lag": q.lag,
+            "inflight": q.inflight,
+        })).collect::<Vec<_>>(),
+        "dead_letters": v.dead_letters,
+    }))
+    .into_response()
+}
+
+async fn message_by_id(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match lookup::find(s.engine.clone(), lookup::Query::Id(id)).await {
+        Ok(found) => Json(found).into_response(),
+        Err(e) => refused(http_of(&e), &e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyLookup {
+    key: Option<String>,
+    topic: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn messages_by_key(
+    State(s): State<AppState>,
+    query: Result<Query<KeyLookup>, QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_request(format!("query: {}", e.body_text())),
+    };
+    let Some(key) = q.key.filter(|k| !k.is_empty()) else {
+        return bad_request("give the message key to look for: ?key=...".into());
+    };
+    let limit = q
+        .limit
+        .unwrap_or(lookup::DEFAULT_KEY_RESULTS)
+        .clamp(1, lookup::MAX_KEY_RESULTS);
+    let query = lookup::Query::Key {
+        key,
+        topic: q.topic,
+        limit,
+    };
+    match lookup::find(s.engine.clone(), query).await {
+        Ok(found) => Json(found).into_response(),
+        Err(e) => refused(http_of(&e), &e),
+    }
 }
 
 async fn clients_list(State(s): State<AppState>) -> Json<serde_json::Value> {
@@ -282,9 +444,13 @@ async fn metrics(State(s): State<AppState>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
     }
-    let (tx_pending, timers_pending) = s
-        .engine
-        .with_core(|c| (c.transactions().pending_len(), c.timers().len()));
+    let (tx_pending, timers_pending, (index_ids, index_keys)) = s.engine.with_core(|c| {
+        (
+            c.transactions().pending_len(),
+            c.timers().len(),
+            c.message_index_len(),
+        )
+    });
     let gauges = [
         (
             "ferry_tx_pending",
@@ -300,6 +466,16 @@ async fn metrics(State(s): State<AppState>) -> Response {
             "ferry_log_committed_offset_bytes",
             "Committed end of the commit log.",
             s.engine.log().progress().committed,
+        ),
+        (
+            "ferry_message_index_ids",
+            "Message-id entries in the lookup index (one per retained message record).",
+            index_ids as u64,
+        ),
+        (
+            "ferry_message_index_keys",
+            "Message-key entries in the lookup index.",
+            index_keys as u64,
         ),
     ];
     for (name, help, v) in gauges {
@@ -351,8 +527,30 @@ async fn metrics(State(s): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// The HTTP status of a refusal: 404 for anything not found, 409 for a
+/// conflict, 429 for a limit, 500 for the broker's own failures, else 400.
+fn http_of(e: &EngineError) -> StatusCode {
+    match status::code_of(e) {
+        Code::NotFound
+        | Code::TopicNotFound
+        | Code::ConsumerGroupNotFound
+        | Code::MessageNotFound => StatusCode::NOT_FOUND,
+        Code::PreconditionFailed => StatusCode::CONFLICT,
+        Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        Code::InternalError | Code::MessageCorrupted | Code::PayloadTooLarge => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn not_found(e: BrokerError) -> Response {
+    let e = EngineError::from(e);
+    refused(http_of(&e), &e)
+}
+
 /// An admin API refusal: the RocketMQ code name and the reason.
-fn refused(http: StatusCode, e: &crate::engine::EngineError) -> Response {
+fn refused(http: StatusCode, e: &EngineError) -> Response {
     (
         http,
         Json(json!({"code": status::code_of(e).as_str_name(), "message": e.to_string()})),
@@ -443,15 +641,11 @@ async fn dead_letters(
     Query(page): Query<Page>,
 ) -> Response {
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let list = s
-        .engine
-        .with_core(|c| c.dead_letters(&group, page.from.unwrap_or(0), limit));
-    Json(json!({
-        "group": group,
-        "topic": ferry_broker::dlq_topic(&group),
-        "dead_letters": list,
-    }))
-    .into_response()
+    let from = page.from.unwrap_or(0);
+    match lookup::dead_letters(s.engine.clone(), group, from, limit).await {
+        Ok(p) => Json(p).into_response(),
+        Err(e) => refused(http_of(&e), &e),
+    }
 }
 
 async fn redrive(
@@ -462,13 +656,6 @@ async fn redrive(
         Ok(topic) => {
             Json(json!({"group": group, "dlq_offset": offset, "topic": topic})).into_response()
         }
-        Err(e) => {
-            let http = match status::code_of(&e) {
-                ferry_proto::v2::Code::NotFound => StatusCode::NOT_FOUND,
-                ferry_proto::v2::Code::PreconditionFailed => StatusCode::CONFLICT,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            refused(http, &e)
-        }
+        Err(e) => refused(http_of(&e), &e),
     }
 }

@@ -10,6 +10,8 @@
 //! * [`status`] is the one place where errors become RocketMQ status codes.
 //! * [`http`] serves health, readiness, Prometheus metrics and a small JSON
 //!   admin API.
+//! * [`lookup`] finds messages by id or key for that API, and [`lifecycle`]
+//!   reads their history back from the log.
 //! * [`config`] holds every setting `ferry serve` accepts.
 
 pub mod checkback;
@@ -18,6 +20,8 @@ pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod http;
+pub mod lifecycle;
+pub mod lookup;
 pub mod metrics;
 pub mod service;
 pub mod status;

@@ -256,8 +256,8 @@ impl MessagingService for Service {
         }
         let req = request.into_inner();
         let topic = name(&req.topic);
-        let queues = match self.engine.ensure_topic(&topic) {
-            Ok(n) => n,
+        let (queues, types) = match self.engine.ensure_topic(&topic) {
+            Ok(t) => t,
             Err(e) => return reply(status::from_error(&e), vec![]),
         };
         let broker = pb::Broker {
@@ -265,21 +265,15 @@ impl MessagingService for Service {
             id: 0,
             endpoints: Some(self.endpoints(req.endpoints.as_ref())),
         };
-        let all_types = [
-            pb::MessageType::Normal,
-            pb::MessageType::Fifo,
-            pb::MessageType::Delay,
-            pb::MessageType::Transaction,
-        ]
-        .map(|t| t as i32)
-        .to_vec();
+        // The wire numbers are the core's: NORMAL 1 … TRANSACTION 4.
+        let accepted: Vec<i32> = types.kinds().map(|k| k as i32).collect();
         let message_queues = (0..queues)
             .map(|id| pb::MessageQueue {
                 topic: req.topic.clone(),
                 id: id as i32,
                 permission: pb::Permission::ReadWrite as i32,
                 broker: Some(broker.clone()),
-                accept_message_types: all_types.clone(),
+                accept_message_types: accepted.clone(),
             })
             .collect();
         reply(status::ok(), message_queues)

@@ -40,6 +40,9 @@ fn broker_code(e: &BrokerError) -> Code {
         B::NotFound(_) => Code::NotFound,
         B::Conflict(_) => Code::PreconditionFailed,
         B::LimitReached(_) => Code::TooManyRequests,
+        B::MessageTypeNotAccepted(_) => Code::MessagePropertyConflictWithType,
+        B::GroupNotFound(_) => Code::ConsumerGroupNotFound,
+        B::MessageNotFound(_) => Code::MessageNotFound,
     }
 }
 

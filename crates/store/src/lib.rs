@@ -27,5 +27,5 @@ pub mod retention;
 pub mod segment;
 
 pub use error::StoreError;
-pub use log::{FlushMode, Log, LogConfig, Progress, SegmentInfo};
+pub use log::{FlushMode, Log, LogConfig, Progress, ScanEnd, SegmentInfo};
 pub use recovery::{DroppedRange, RecoveryReport};

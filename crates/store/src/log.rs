@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use ferry_record::{decode, encode, encoded_len, Record};
+use ferry_record::{decode, encode, encoded_len, peek_len, Record};
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -75,6 +75,23 @@ pub struct Progress {
     pub committed: u64,
     /// Set once a write or fsync failed; the log accepts nothing after that.
     pub failed: Option<Arc<str>>,
+}
+
+/// Bytes read at once by [`Log::scan`] (more when one record is larger).
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// How far a [`Log::scan`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// Every record below this offset (and at or above the start) was
+    /// handed over.
+    pub scanned_to: u64,
+    /// The scan reached the committed end (not stopped by its budget).
+    pub complete: bool,
+    /// Record bytes read.
+    pub bytes: u64,
+    /// Bytes passed over because they did not decode.
+    pub skipped: u64,
 }
 
 /// A segment as seen by retention and by operators.
@@ -358,6 +375,159 @@ impl Log {
         )
         .map(|(rec, _)| rec)
         .map_err(|source| StoreError::Corrupt { offset, source })
+    }
+
+    /// Reads and verifies the committed record at `offset` when its length
+    /// is not known (an index that keeps only offsets): the length field is
+    /// read first, bounded by the record limit, then the record as
+    /// [`Log::read`] does. Returns the record and its length.
+    pub fn read_at(&self, offset: u64) -> Result<(Record, u32), StoreError> {
+        let (committed, first, file, pos, path) = {
+            let committed = self.shared.progress.borrow().committed;
+            let segments = self
+                .shared
+                .segments
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let first = segments.keys().next().copied().unwrap_or(committed);
+            let Some((_, seg)) = segments.range(..=offset).next_back() else {
+                return Err(StoreError::OutOfRange {
+                    offset,
+                    first,
+                    committed,
+                });
+            };
+            let pos = HEADER_LEN + (offset - seg.base);
+            (committed, first, seg.file.clone(), pos, seg.path.clone())
+        };
+        if offset.saturating_add(4) > committed {
+            return Err(StoreError::OutOfRange {
+                offset,
+                first,
+                committed,
+            });
+        }
+        let mut len = [0u8; 4];
+        file.read_exact_at(&mut len, pos)
+            .map_err(StoreError::io("reading record length", path))?;
+        let len = u32::from_le_bytes(len);
+        if (len as usize) < ferry_record::HEADER_LEN {
+            return Err(StoreError::Corrupt {
+                offset,
+                source: ferry_record::DecodeError::BadLength {
+                    len,
+                    min: ferry_record::HEADER_LEN,
+                    max: self.shared.config.max_record_bytes,
+                },
+            });
+        }
+        self.read(offset, len).map(|rec| (rec, len))
+    }
+
+    /// Hands every committed record from `from` (a record's start) on to
+    /// `visit`, in log order, until the committed end or until `max_bytes`
+    /// of records were read — whichever comes first. Reads in large chunks
+    /// and verifies every record's checksum, like recovery.
+    ///
+    /// A record that does not decode (damage recovery skipped over, never
+    /// served) ends the scan of its segment; the scan goes on with the next
+    /// one, and the bytes passed over are counted in [`ScanEnd::skipped`].
+    /// Meant for a blocking thread: it does disk reads and takes no lock
+    /// but the segment map's, briefly.
+    pub fn scan(
+        &self,
+        from: u64,
+        max_bytes: u64,
+        visit: &mut dyn FnMut(u64, u32, &Record),
+    ) -> Result<ScanEnd, StoreError> {
+        let committed = self.shared.progress.borrow().committed;
+        let max_record = self.shared.config.max_record_bytes;
+        // (base, end, file, path) of every segment the scan may touch.
+        let segments: Vec<(u64, u64, Arc<File>, PathBuf)> = {
+            let segments = self
+                .shared
+                .segments
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let start = segments
+                .range(..=from)
+                .next_back()
+                .map_or(0, |(base, _)| *base);
+            let bases: Vec<u64> = segments.range(start..).map(|(b, _)| *b).collect();
+            segments
+                .range(start..)
+                .enumerate()
+                .map(|(i, (base, seg))| {
+                    let end = bases.get(i + 1).copied().unwrap_or(committed);
+                    (
+                        *base,
+                        end.min(committed),
+                        seg.file.clone(),
+                        seg.path.clone(),
+                    )
+                })
+                .collect()
+        };
+        let mut out = ScanEnd {
+            scanned_to: from,
+            complete: false,
+            bytes: 0,
+            skipped: 0,
+        };
+        let mut pos = from;
+        for (base, end, file, path) in segments {
+            pos = pos.max(base);
+            // Bytes of this segment read ahead: [chunk_at, chunk_at + len).
+            let mut chunk = Bytes::new();
+            let mut chunk_at = pos;
+            while pos < end {
+                if out.bytes >= max_bytes {
+                    out.scanned_to = pos;
+                    return Ok(out);
+                }
+                let have = (chunk_at + chunk.len() as u64).saturating_sub(pos);
+                let need = if have >= 4 {
+                    let at = (pos - chunk_at) as usize;
+                    peek_len(&chunk[at..]).map_or(4, |l| l as usize)
+                } else {
+                    4
+                };
+                if need < ferry_record::HEADER_LEN && have >= 4
+                    || need > max_record
+                    || pos + need as u64 > end
+                {
+                    out.skipped += end - pos;
+                    tracing::warn!(segment = %path.display(), at = pos, "scan passes over an unreadable rest of a segment");
+                    pos = end;
+                    break;
+                }
+                if have < need as u64 {
+                    let size = (SCAN_CHUNK.max(need) as u64).min(end - pos) as usize;
+                    let mut buf = vec![0u8; size];
+                    file.read_exact_at(&mut buf, HEADER_LEN + (pos - base))
+                        .map_err(StoreError::io("scanning segment", &path))?;
+                    chunk = Bytes::from(buf);
+                    chunk_at = pos;
+                    continue;
+                }
+                let at = (pos - chunk_at) as usize;
+                match decode(&chunk.slice(at..), pos, max_record) {
+                    Ok((rec, len)) => {
+                        visit(pos, len as u32, &rec);
+                        pos += len as u64;
+                        out.bytes += len as u64;
+                    }
+                    Err(e) => {
+                        out.skipped += end - pos;
+                        tracing::warn!(segment = %path.display(), at = pos, error = %e, "scan passes over an unreadable rest of a segment");
+                        pos = end;
+                    }
+                }
+            }
+        }
+        out.scanned_to = pos.max(from);
+        out.complete = out.scanned_to >= committed;
+        Ok(out)
     }
 
     /// Segments in offset order; the last one is active.

@@ -144,6 +144,38 @@ impl Harness {
         Ok(())
     }
 
+    /// The topic file as the engine would write it now: each topic's
+    /// definition and where it began.
+    pub fn topic_file(&self) -> Vec<(String, TopicConfig, u64)> {
+        self.core
+            .topic_stats()
+            .into_iter()
+            .map(|t| {
+                let config = TopicConfig {
+                    queues: t.queues.len() as u32,
+                    message_types: t.message_types,
+                };
+                (t.name, config, t.created_at)
+            })
+            .collect()
+    }
+
+    /// A core rebuilt the way the engine starts: topics from `file`, the
+    /// policies, then the first `records` records of the log.
+    pub fn restart_from(&self, file: &[(String, TopicConfig, u64)], records: usize) -> Broker {
+        let mut core = Broker::new(self.config.clone());
+        for (name, config, created_at) in file {
+            core.restore_topic(name, *config, *created_at).unwrap();
+        }
+        for (g, p) in &self.policies {
+            core.set_policy(g, Some(p.clone())).unwrap();
+        }
+        for (o, l, r) in &self.log[..records] {
+            core.apply(*o, *l, r);
+        }
+        core
+    }
+
     /// A fresh core rebuilt from the records alone: what recovery does.
     pub fn replayed(&self) -> Broker {
         let mut core = Broker::new(self.config.clone());
