@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use ferry_admin::segment;
 use serde_json::Value;
 
-use super::output::{json, list, num, table, text};
+use super::output::{json, list, table, text};
 use super::{CliResult, Target};
 
 #[derive(Debug, Args)]
@@ -32,30 +32,32 @@ pub async fn run(args: GroupArgs) -> CliResult {
             if t.json {
                 return json(&v);
             }
-            // One row per group and topic, summed over queues.
-            let mut sums: std::collections::BTreeMap<(String, String), (u64, u64, u64)> =
-                Default::default();
-            for g in list(&v, "groups") {
-                let e = sums
-                    .entry((text(g, "group"), text(g, "topic")))
-                    .or_default();
-                e.0 += 1;
-                e.1 += num(g, "lag");
-                e.2 += num(g, "inflight");
-            }
-            let rows: Vec<Vec<String>> = sums
-                .into_iter()
-                .map(|((g, topic), (queues, lag, inflight))| {
+            let rows: Vec<Vec<String>> = list(&v, "summary")
+                .iter()
+                .map(|g| {
                     vec![
-                        g,
-                        topic,
-                        queues.to_string(),
-                        lag.to_string(),
-                        inflight.to_string(),
+                        text(g, "group"),
+                        text(g, "fifo"),
+                        text(g, "max_delivery_attempts"),
+                        text(g, "queues"),
+                        text(g, "lag"),
+                        text(g, "inflight"),
+                        text(g, "dead_letters"),
                     ]
                 })
                 .collect();
-            table(&["GROUP", "TOPIC", "QUEUES", "LAG", "IN_FLIGHT"], &rows);
+            table(
+                &[
+                    "GROUP",
+                    "FIFO",
+                    "MAX_ATTEMPTS",
+                    "QUEUES",
+                    "LAG",
+                    "IN_FLIGHT",
+                    "DEAD_LETTERS",
+                ],
+                &rows,
+            );
         }
         GroupCommand::Describe { group } => {
             let v = admin

@@ -62,6 +62,9 @@ pub async fn run(args: MessageArgs) -> CliResult {
         println!("no message found");
         return Ok(());
     }
+    if v.get("truncated").and_then(Value::as_bool) == Some(true) {
+        eprintln!("more messages match than shown; raise --limit or narrow with --topic");
+    }
     for (i, m) in messages.iter().enumerate() {
         if i > 0 {
             println!("\n---\n");
@@ -141,12 +144,12 @@ fn print_message(m: &Value) {
             .map(|g| {
                 vec![
                     text(g, "group"),
-                    text(g, "status"),
-                    details(g, &["group", "status"]),
+                    text(g, "state"),
+                    details(g, &["group", "state"]),
                 ]
             })
             .collect();
-        table(&["GROUP", "STATUS", "DETAIL"], &rows);
+        table(&["GROUP", "STATE", "DETAIL"], &rows);
     }
     println!("\nlifecycle");
     let rows: Vec<Vec<String>> = list(life, "events")
@@ -156,11 +159,18 @@ fn print_message(m: &Value) {
                 time_ms(e.get("at_ms").and_then(Value::as_i64).unwrap_or(0)),
                 text(e, "event"),
                 text(e, "group"),
-                details(e, &["at_ms", "event", "group"]),
+                details(e, &["at_ms", "event", "group", "log_offset"]),
             ]
         })
         .collect();
     table(&["TIME", "EVENT", "GROUP", "DETAIL"], &rows);
+    let omitted = life
+        .get("events_omitted")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if omitted > 0 {
+        println!("({omitted} more events not shown)");
+    }
     if life.get("complete").and_then(Value::as_bool) == Some(false) {
         println!(
             "(history cut short: the log was read up to offset {}; later events are not shown)",
