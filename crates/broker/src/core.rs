@@ -78,6 +78,10 @@ pub struct DeadLetterOrigin {
     pub queue_offset: u64,
     /// Deliveries made before it was given up.
     pub attempts: u32,
+    /// When an operator last sent it back to its topic (`None`: never).
+    /// A re-driven letter stays listed; bulk re-drives skip it so a message
+    /// handled after its re-drive is not delivered yet again.
+    pub redriven_at_ms: Option<i64>,
 }
 
 /// One message handed to a consumer.
@@ -573,6 +577,13 @@ impl Broker {
             Payload::DeadLetter(d) => self.apply_dead_letter(log_offset, len, rec.timestamp_ms, d),
             Payload::Redrive(r) => {
                 self.next_handle = self.next_handle.max(r.handle + 1);
+                if let Some(d) = self
+                    .dead_letters
+                    .get_mut(&r.group)
+                    .and_then(|m| m.get_mut(&r.dlq_queue_offset))
+                {
+                    d.redriven_at_ms = Some(rec.timestamp_ms);
+                }
                 if let Some((gq, _)) =
                     self.group_queue_mut(&r.group, &r.topic, r.queue_id, r.queue_offset)
                 {
@@ -623,6 +634,7 @@ impl Broker {
                     queue_id: d.queue_id,
                     queue_offset: d.queue_offset,
                     attempts: d.attempts,
+                    redriven_at_ms: None,
                 },
             );
         let dlq = dlq_topic(&d.group);

@@ -7,7 +7,7 @@ use thiserror::Error;
 pub enum BrokerError {
     #[error("illegal topic name {0:?}: use 1-127 characters of [a-zA-Z0-9_%|-]")]
     IllegalTopic(String),
-    #[error("topic {0:?} does not exist (automatic topic creation is off)")]
+    #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
     #[error("illegal consumer group {0:?}: use 1-255 characters of [a-zA-Z0-9_%|-]")]
     IllegalGroup(String),

@@ -14,12 +14,10 @@ pub enum ClientError {
     /// The call failed below RocketMQ: connection, gRPC status, deadline.
     #[error("rpc failed: {0}")]
     Rpc(#[from] tonic::Status),
-    #[error("cannot connect to {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// `reason` is the whole cause chain ("transport error: connection
+    /// refused"): the top-level transport error alone says little.
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// The caller asked for something the client refuses before sending.
@@ -76,6 +74,21 @@ impl ClientError {
             | ClientError::Shutdown => false,
         }
     }
+}
+
+/// An error and its causes on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// OK, or the status as an error. A missing status is a protocol error.

@@ -104,9 +104,9 @@ impl Session {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|e| ClientError::Connect {
                 endpoint: config.endpoint.clone(),
-                source,
+                reason: crate::error::chain(&e),
             })?;
         let client_id = headers::new_client_id();
         let h = Headers::new(&client_id, &config.namespace, config.credentials.clone());

@@ -298,7 +298,7 @@ async fn topics_and_every_way_to_send() {
     );
     assert_eq!(
         ok(&b, "topic create orders"),
-        "topic orders already exists (unchanged)\n"
+        "topic orders already exists: 4 queues, accepts NORMAL,FIFO,DELAY\n"
     );
     assert_eq!(
         json_of(&b, "topic create orders"),
@@ -957,7 +957,7 @@ async fn dead_letters_listed_and_redriven() {
     let out = ok(&b, "dlq list g1");
     assert_header(
         &out,
-        "DLQ_OFFSET MESSAGE_ID TOPIC QUEUE/OFFSET ATTEMPTS TAG STORED",
+        "DLQ_OFFSET MESSAGE_ID TOPIC QUEUE/OFFSET ATTEMPTS TAG STORED REDRIVEN",
     );
     for (i, (id, tag)) in ids.iter().zip(tags).enumerate() {
         let r = row(&out, &dlq_offset(id).to_string());
@@ -968,6 +968,7 @@ async fn dead_letters_listed_and_redriven() {
             "{out}"
         );
         assert!(r[6].contains('T') && r[6].ends_with('Z'), "{out}");
+        assert_eq!(r[7], "-", "not re-driven yet: {out}");
     }
     assert_eq!(out.lines().last(), Some("3 dead letter(s) of group g1"));
     let out = ok(&b, "dlq list g1 --limit 2");
@@ -1004,10 +1005,10 @@ async fn dead_letters_listed_and_redriven() {
     assert_eq!(back[0]["delivery_attempt"], 1);
     assert_eq!(back[0]["body"], "job b");
     assert!(consume_json(&b, "jobs", "g1", "").is_empty());
-    // Its history: re-driven, delivered again as attempt 1, acked. (Its
-    // current state for g1 still reads `dead_lettered`: the core reports
-    // a settled offset with a dead letter so, re-driven or not.)
+    // Its history: re-driven, delivered again as attempt 1, acked; its
+    // state for g1 is acked again.
     let m = get_message(&b, bb);
+    assert_eq!(group_state(&m, "g1")["state"], "acked", "{m}");
     let after: Vec<_> = events(&m)
         .into_iter()
         .skip_while(|(e, g, _)| !(e == "redriven" && g == "g1"))
@@ -1046,6 +1047,27 @@ async fn dead_letters_listed_and_redriven() {
         consume_json(&b, "jobs", "g1", "").is_empty(),
         "a stays dead for g1"
     );
+
+    // --all for g1 skips the letters already re-driven (b and c were
+    // handled since): only a comes back; --again includes the others.
+    let out = ok(&b, "dlq list g1");
+    assert_ne!(row(&out, &dlq_offset(bb).to_string())[7], "-", "{out}");
+    assert_eq!(
+        ok(&b, "dlq redrive g1 --all"),
+        "1 of 1 dead letter(s) of group g1 sent back\n"
+    );
+    assert_eq!(ids_of(&consume_json(&b, "jobs", "g1", "")), set([a]));
+    assert_eq!(
+        ok(&b, "dlq redrive g1 --all"),
+        "0 of 0 dead letter(s) of group g1 sent back\n"
+    );
+    let err = fails(&b, &format!("dlq redrive g1 --message-id {bb}"));
+    assert!(err.contains("--again"), "{err}");
+    assert_eq!(
+        ok(&b, &format!("dlq redrive g1 --message-id {bb} --again")),
+        "1 of 1 dead letter(s) of group g1 sent back\n"
+    );
+    assert_eq!(ids_of(&consume_json(&b, "jobs", "g1", "")), set([bb]));
 
     // --- refusals.
     let err = fails(&b, "dlq redrive g1");

@@ -267,6 +267,9 @@ impl Broker {
                 .find(|d| d.topic == topic && d.queue_id == q && d.queue_offset == o)
         });
         match letter {
+            // Sent back and settled since: acked (a later dead letter of
+            // the same message would have a newer entry).
+            Some(d) if d.redriven_at_ms.is_some() => DeliveryState::Acked,
             Some(d) => DeliveryState::DeadLettered {
                 attempts: d.attempts,
                 dlq_offset: d.dlq_queue_offset,

@@ -34,9 +34,13 @@ enum DlqCommand {
         /// The dead letter at this offset of %DLQ%<group>
         #[arg(long)]
         offset: Option<u64>,
-        /// Every dead letter of the group
+        /// Every dead letter of the group not re-driven before
         #[arg(long)]
         all: bool,
+        /// With --all or --message-id: also letters already re-driven once
+        /// (their message may have been handled since)
+        #[arg(long)]
+        again: bool,
     },
 }
 
@@ -91,6 +95,7 @@ pub async fn run(args: DlqArgs) -> CliResult {
                         text(d, "attempts"),
                         text(d, "tag"),
                         time_ms(d.get("stored_ms").and_then(Value::as_i64).unwrap_or(0)),
+                        time_ms(d.get("redriven_at_ms").and_then(Value::as_i64).unwrap_or(0)),
                     ]
                 })
                 .collect();
@@ -103,6 +108,7 @@ pub async fn run(args: DlqArgs) -> CliResult {
                     "ATTEMPTS",
                     "TAG",
                     "STORED",
+                    "REDRIVEN",
                 ],
                 &rows,
             );
@@ -113,13 +119,19 @@ pub async fn run(args: DlqArgs) -> CliResult {
             message_id,
             offset,
             all,
+            again,
         } => {
+            // Bulk selections skip letters already sent back once, unless
+            // asked: re-driving those again would deliver a message that
+            // may have been handled after its first re-drive.
+            let fresh = |d: &&Value| again || d.get("redriven_at_ms").is_none_or(Value::is_null);
             let offsets: Vec<u64> = match (offset, message_id, all) {
                 (Some(o), _, _) => vec![o],
                 (None, Some(id), _) => {
                     let found: Vec<u64> = fetch(&admin, &group, usize::MAX)
                         .await?
                         .iter()
+                        .filter(fresh)
                         .filter(|d| {
                             d.get("message_id").and_then(Value::as_str) == Some(id.as_str())
                         })
@@ -127,7 +139,12 @@ pub async fn run(args: DlqArgs) -> CliResult {
                         .collect();
                     if found.is_empty() {
                         return Err(fail(format!(
-                            "group {group} has no dead letter with message id {id}"
+                            "group {group} has no dead letter with message id {id}{}",
+                            if again {
+                                ""
+                            } else {
+                                " that was not re-driven already (--again to include those)"
+                            }
                         )));
                     }
                     found
@@ -135,6 +152,7 @@ pub async fn run(args: DlqArgs) -> CliResult {
                 (None, None, true) => fetch(&admin, &group, usize::MAX)
                     .await?
                     .iter()
+                    .filter(fresh)
                     .filter_map(|d| d.get("dlq_queue_offset").and_then(Value::as_u64))
                     .collect(),
                 (None, None, false) => {

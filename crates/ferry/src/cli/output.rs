@@ -50,6 +50,7 @@ pub fn show(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
+        Value::Array(a) if a.is_empty() => "-".into(),
         Value::Array(a) => a.iter().map(show).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }

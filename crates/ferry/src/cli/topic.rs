@@ -62,7 +62,13 @@ pub async fn run(args: TopicArgs) -> CliResult {
             } else if v.get("created").and_then(Value::as_bool) == Some(true) {
                 println!("topic {name} created");
             } else {
-                println!("topic {name} already exists (unchanged)");
+                // An existing topic keeps its queue count; --types replaces
+                // what it accepts.
+                println!(
+                    "topic {name} already exists: {} queues, accepts {}",
+                    text(&v, "queues"),
+                    text(&v, "message_types")
+                );
             }
         }
         TopicCommand::List => {
