@@ -101,13 +101,10 @@ impl Session {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect {
-                endpoint: config.endpoint.clone(),
-                reason: crate::error::chain(&e),
-            })?;
+        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
+            endpoint: config.endpoint.clone(),
+            reason: crate::error::chain(&e),
+        })?;
         let client_id = headers::new_client_id();
         let h = Headers::new(&client_id, &config.namespace, config.credentials.clone());
         let rpc = MessagingServiceClient::with_interceptor(channel, h)
