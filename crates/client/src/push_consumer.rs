@@ -362,19 +362,35 @@ impl Worker {
                 }
                 for g in order {
                     let chain = chains.remove(&g).unwrap_or_default();
-                    let permit = held.pop().expect("no more chains than messages asked for");
+                    // A broker that sends more than asked gets them run
+                    // too, as permits free up.
+                    let Some(permit) = self.permit(&mut held).await else {
+                        return;
+                    };
                     let w = self.clone();
                     let task = tokio::spawn(async move { w.run_chain(chain, permit).await });
                     self.session.track(task);
                 }
             } else {
                 for m in messages {
-                    let permit = held.pop().expect("no more messages than asked for");
+                    // A broker that sends more than asked gets them run
+                    // too, as permits free up.
+                    let Some(permit) = self.permit(&mut held).await else {
+                        return;
+                    };
                     let w = self.clone();
                     let task = tokio::spawn(async move { w.run_one(m, permit).await });
                     self.session.track(task);
                 }
             }
+        }
+    }
+
+    /// A permit from those taken for this receive, or a fresh one.
+    async fn permit(&self, held: &mut Vec<OwnedSemaphorePermit>) -> Option<OwnedSemaphorePermit> {
+        match held.pop() {
+            Some(p) => Some(p),
+            None => self.permits.clone().acquire_owned().await.ok(),
         }
     }
 

@@ -505,34 +505,38 @@ async fn a_slow_handler_keeps_its_message_invisible() {
     let d = deliveries.clone();
     let c = PushConsumer::builder(b.config(), "slow-app")
         .subscribe("slow", FilterExpression::all())
-        .invisible_duration(Duration::from_secs(1))
+        .invisible_duration(Duration::from_secs(3))
         .await_duration(Duration::from_millis(300))
         .start(move |_m: ReceivedMessage| {
             let d = d.clone();
             async move {
                 d.fetch_add(1, Ordering::SeqCst);
-                // Three times the invisible duration: only renewal keeps
+                // Over twice the invisible duration: only renewal keeps
                 // it from being delivered again meanwhile.
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                tokio::time::sleep(Duration::from_secs(7)).await;
                 ConsumeResult::Success
             }
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Wait for the ack (handler done after 7 s), then count deliveries.
+    let admin = b.admin();
+    let settled = eventually(Duration::from_secs(20), || async {
+        let v = admin.get("/v1/groups").await.ok()?;
+        let rows: Vec<&serde_json::Value> = v["groups"]
+            .as_array()?
+            .iter()
+            .filter(|g| g["group"] == "slow-app")
+            .collect();
+        let sum = |k: &str| rows.iter().filter_map(|g| g[k].as_u64()).sum::<u64>();
+        (sum("consumed_offset") == 1 && sum("inflight") == 0).then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "acked at the end");
     assert_eq!(
         deliveries.load(Ordering::SeqCst),
         1,
         "delivered once, renewed while handled"
     );
-    let lag = b.admin().get("/v1/groups").await.unwrap();
-    let inflight: u64 = lag["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|g| g["group"] == "slow-app")
-        .map(|g| g["inflight"].as_u64().unwrap())
-        .sum();
-    assert_eq!(inflight, 0, "acked at the end");
     c.shutdown().await;
 }
