@@ -22,6 +22,7 @@
 //! cargo run --release -p ferry-examples --example order_stock -- demo --orders 200 --kills 10
 //! ```
 
+mod db;
 mod orders;
 mod random;
 mod stock;
@@ -343,8 +344,8 @@ fn demo(
 
 /// Every order placed and every committed order processed.
 async fn settled(dir: &Path, orders: u32) -> Res<bool> {
-    let placed = orders::count(&orders_db(dir)).await?;
-    let processed = stock::count(&stock_db(dir)).await?;
+    let placed = db::count(&orders_db(dir), "orders").await?;
+    let processed = db::count(&stock_db(dir), "processed").await?;
     Ok(placed == u64::from(orders) && processed == placed)
 }
 
@@ -385,7 +386,7 @@ async fn check(dir: &Path) -> Res<bool> {
     );
     println!(
         "  attempts rolled back on check-back:  {}",
-        orders::aborted(&orders_db(dir)).await?
+        db::count(&orders_db(dir), "aborted").await?
     );
     println!(
         "  redeliveries recognised and skipped: {}",

@@ -9,32 +9,18 @@ use ferry_client::{
     ClientConfig, Message, ReceivedMessage, TransactionChecker, TransactionProducer,
     TransactionResolution,
 };
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use crate::random::Random;
-use crate::{kill_self, orders_db, topic, Res, ITEMS};
+use crate::{db, kill_self, orders_db, topic, Res, ITEMS};
 
 /// A half message whose attempt has no order row after this long belongs
 /// to an attempt that died: its local transaction takes milliseconds.
 const ABANDONED_AFTER: Duration = Duration::from_secs(5);
 
-pub async fn open(path: &Path) -> Res<SqlitePool> {
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    // One connection: the checker and the order loop take turns, so a
-    // check and a local transaction never interleave.
-    Ok(SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await?)
-}
-
 pub async fn init(path: &Path) -> Res<()> {
-    let pool = open(path).await?;
+    let pool = db::open(path).await?;
     sqlx::query(
         "CREATE TABLE orders (order_id TEXT PRIMARY KEY, attempt TEXT NOT NULL UNIQUE, \
          item TEXT NOT NULL, qty INTEGER NOT NULL, created_ms INTEGER NOT NULL)",
@@ -50,18 +36,9 @@ pub async fn init(path: &Path) -> Res<()> {
     Ok(())
 }
 
-pub async fn count(path: &Path) -> Res<u64> {
-    let pool = open(path).await?;
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
-        .fetch_one(&pool)
-        .await?;
-    pool.close().await;
-    Ok(n as u64)
-}
-
 /// order id → (attempt, item, qty)
 pub async fn all(path: &Path) -> Res<BTreeMap<String, (String, String, i64)>> {
-    let pool = open(path).await?;
+    let pool = db::open(path).await?;
     let rows = sqlx::query("SELECT order_id, attempt, item, qty FROM orders")
         .fetch_all(&pool)
         .await?;
@@ -156,16 +133,6 @@ async fn write_order(
     Ok(inserted == 1)
 }
 
-/// Attempts the checker gave up (their half message rolled back).
-pub async fn aborted(path: &Path) -> Res<u64> {
-    let pool = open(path).await?;
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM aborted")
-        .fetch_one(&pool)
-        .await?;
-    pool.close().await;
-    Ok(n as u64)
-}
-
 /// What one run of the order service does.
 pub struct Plan {
     pub orders: u32,
@@ -184,7 +151,7 @@ pub async fn run(server: &str, dir: &Path, run: &str, plan: Plan) -> Res<()> {
         seed,
         pace,
     } = plan;
-    let pool = open(&orders_db(dir)).await?;
+    let pool = db::open(&orders_db(dir)).await?;
     let checker = OrderChecker { pool: pool.clone() };
     let producer = TransactionProducer::builder(ClientConfig::new(server), checker)
         .topics([topic.clone()])

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_client::{ClientConfig, ConsumeResult, FilterExpression, PushConsumer, ReceivedMessage};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use crate::random::{seed_from_clock, Random};
-use crate::{group, kill_self, stock_db, topic, Res, ITEMS};
+use crate::{db, group, kill_self, stock_db, topic, Res, ITEMS};
 
 /// Chance of dying right after the database commit, before the ack: the
 /// message comes again and must be recognised.
@@ -20,20 +20,8 @@ const CRASH_BEFORE_ACK: f64 = 0.02;
 /// the demo (the client renews it while a handler runs).
 pub const INVISIBLE: Duration = Duration::from_secs(2);
 
-pub async fn open(path: &Path) -> Res<SqlitePool> {
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    Ok(SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await?)
-}
-
 pub async fn init(path: &Path) -> Res<()> {
-    let pool = open(path).await?;
+    let pool = db::open(path).await?;
     for ddl in [
         "CREATE TABLE stock (item TEXT PRIMARY KEY, qty INTEGER NOT NULL)",
         "CREATE TABLE processed (order_id TEXT PRIMARY KEY, message_id TEXT NOT NULL, \
@@ -54,15 +42,6 @@ pub async fn init(path: &Path) -> Res<()> {
     Ok(())
 }
 
-pub async fn count(path: &Path) -> Res<u64> {
-    let pool = open(path).await?;
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed")
-        .fetch_one(&pool)
-        .await?;
-    pool.close().await;
-    Ok(n as u64)
-}
-
 pub struct Processed {
     pub attempt: String,
     pub item: String,
@@ -77,7 +56,7 @@ pub struct State {
 }
 
 pub async fn state(path: &Path) -> Res<State> {
-    let pool = open(path).await?;
+    let pool = db::open(path).await?;
     let processed = sqlx::query("SELECT order_id, attempt, item, qty FROM processed")
         .fetch_all(&pool)
         .await?
@@ -171,7 +150,7 @@ async fn apply(pool: &SqlitePool, m: &ReceivedMessage) -> Res<()> {
 }
 
 pub async fn run(server: &str, dir: &Path, run: &str) -> Res<()> {
-    let pool = open(&stock_db(dir)).await?;
+    let pool = db::open(&stock_db(dir)).await?;
     let rng = std::sync::Arc::new(std::sync::Mutex::new(Random::new(seed_from_clock())));
     let consumer = PushConsumer::builder(ClientConfig::new(server), group(run))
         .subscribe(topic(run), FilterExpression::all())

@@ -132,6 +132,30 @@ impl AdminClient {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Any call, with the HTTP status and the JSON answer whatever the
+    /// status (a non-JSON answer comes back as a string): for callers that
+    /// look at refusals themselves, such as tests of the API.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), AdminError> {
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| AdminError::BadAnswer {
+            method: method.to_string(),
+            path: path.to_string(),
+            reason: format!("not an HTTP method: {e}"),
+        })?;
+        let (status, bytes) = self.exchange(method, path, body).await?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok((status.as_u16(), value))
+    }
+
     async fn call(
         &self,
         method: Method,

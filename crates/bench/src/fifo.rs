@@ -37,7 +37,6 @@ use bytes::Bytes;
 use clap::Args;
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 use crate::net::{self, connect, req, resource, BoxError};
@@ -460,29 +459,19 @@ async fn ack(
     }
 }
 
-/// Makes `group` FIFO through the admin API: a hand-written HTTP/1.1 PUT,
-/// retried while the listener is not up yet.
+/// Makes `group` FIFO through the admin API, retried while the listener
+/// is not up yet.
 async fn set_fifo(http: &str, group: &str) -> Result<(), BoxError> {
-    let body = r#"{"fifo": true}"#;
+    let admin = ferry_admin::AdminClient::new(http);
+    let path = format!("/v1/groups/{}/policy", ferry_admin::segment(group));
     let until = Instant::now() + Duration::from_secs(10);
-    let mut s = loop {
-        match tokio::net::TcpStream::connect(http).await {
-            Ok(s) => break s,
-            Err(e) if Instant::now() > until => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+    loop {
+        match admin.put(&path, serde_json::json!({"fifo": true})).await {
+            Ok(_) => return Ok(()),
+            Err(ferry_admin::AdminError::Unreachable { .. }) if Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => return Err(e.into()),
         }
-    };
-    let request = format!(
-        "PUT /v1/groups/{group}/policy HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut response)).await??;
-    let text = String::from_utf8_lossy(&response);
-    let status = text.lines().next().unwrap_or("");
-    if !status.starts_with("HTTP/1.") || status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("PUT /v1/groups/{group}/policy: {text}").into());
     }
-    Ok(())
 }

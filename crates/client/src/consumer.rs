@@ -1,15 +1,18 @@
 //! The calls both consumer kinds make: receive (long poll), ack, change
 //! invisible duration, forward to the dead-letter queue.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::v2 as pb;
 use pb::receive_message_response::Content;
 use tracing::warn;
 
+use crate::config::ClientConfig;
 use crate::error::{check, ClientError, Result};
 use crate::message::{duration, resource, FilterExpression, ReceivedMessage};
-use crate::session::Session;
+use crate::retry::RetryPolicy;
+use crate::session::{ServerSettings, Session};
 
 /// Most messages one receive may ask for.
 pub const MAX_RECEIVE_BATCH: usize = 1024;
@@ -161,30 +164,16 @@ pub(crate) async fn forward_to_dead_letter(
     check(reply.status)
 }
 
-/// Subscription settings sent in the settings exchange.
-pub(crate) fn subscription(
-    namespace: &str,
+/// Starts a consumer's session: checks the group and subscriptions, then
+/// announces them in the settings exchange, with RocketMQ's consumer
+/// defaults until the broker's reply says otherwise.
+pub(crate) async fn start_session(
+    config: ClientConfig,
+    client_type: pb::ClientType,
     group: &str,
     subs: &[(String, FilterExpression)],
     long_poll: Duration,
-) -> pb::settings::PubSub {
-    pb::settings::PubSub::Subscription(pb::Subscription {
-        group: Some(resource(namespace, group)),
-        subscriptions: subs
-            .iter()
-            .map(|(t, f)| pb::SubscriptionEntry {
-                topic: Some(resource(namespace, t)),
-                expression: Some(f.to_wire()),
-            })
-            .collect(),
-        fifo: None,
-        receive_batch_size: None,
-        long_polling_timeout: Some(duration(long_poll)),
-        ..Default::default()
-    })
-}
-
-pub(crate) fn check_group(group: &str, subs: &[(String, FilterExpression)]) -> Result<()> {
+) -> Result<Arc<Session>> {
     if group.is_empty() {
         return Err(ClientError::Invalid {
             what: "consumer group",
@@ -197,5 +186,35 @@ pub(crate) fn check_group(group: &str, subs: &[(String, FilterExpression)]) -> R
             why: "subscribe to at least one topic".into(),
         });
     }
-    Ok(())
+    let pub_sub = pb::settings::PubSub::Subscription(pb::Subscription {
+        group: Some(resource(&config.namespace, group)),
+        subscriptions: subs
+            .iter()
+            .map(|(t, f)| pb::SubscriptionEntry {
+                topic: Some(resource(&config.namespace, t)),
+                expression: Some(f.to_wire()),
+            })
+            .collect(),
+        fifo: None,
+        receive_batch_size: None,
+        long_polling_timeout: Some(duration(long_poll)),
+        ..Default::default()
+    });
+    let defaults = ServerSettings {
+        retry: RetryPolicy::consumer_default(),
+        max_body: 0,
+        validate_message_type: false,
+        fifo: false,
+        receive_batch: 32,
+        long_polling: long_poll,
+    };
+    Session::start(
+        config,
+        client_type,
+        Some(group.to_string()),
+        pub_sub,
+        defaults,
+        None,
+    )
+    .await
 }

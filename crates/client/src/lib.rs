@@ -66,5 +66,5 @@ pub use retry::{Backoff, RetryPolicy};
 pub use simple_consumer::{SimpleConsumer, SimpleConsumerBuilder};
 pub use transaction::{
     CheckWith, Transaction, TransactionChecker, TransactionProducer, TransactionProducerBuilder,
-    TransactionResolution,
+    TransactionResolution, MAX_HALVES_PER_TRANSACTION,
 };

@@ -202,6 +202,19 @@ impl ProducerInner {
         }
     }
 
+    /// One message as a batch of one.
+    pub async fn send_one(
+        &self,
+        message: &Message,
+        transactional: bool,
+        check_after: Option<Duration>,
+    ) -> Result<SendReceipt> {
+        self.send(std::slice::from_ref(message), transactional, check_after)
+            .await?
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("no result entry".into()))
+    }
+
     async fn send_once(
         &self,
         messages: Vec<pb::Message>,
@@ -264,12 +277,7 @@ impl Producer {
 
     /// Sends one message; answers once the broker has it durably.
     pub async fn send(&self, message: Message) -> Result<SendReceipt> {
-        let mut r = self
-            .inner
-            .send(std::slice::from_ref(&message), false, None)
-            .await?;
-        r.pop()
-            .ok_or_else(|| ClientError::Protocol("no result entry".into()))
+        self.inner.send_one(&message, false, None).await
     }
 
     /// Sends messages of one topic (and one message group, if any) in one

@@ -17,8 +17,8 @@ use crate::config::ClientConfig;
 use crate::consumer::{self, ReceiveCall};
 use crate::error::{check, ClientError, Result};
 use crate::message::{resource, FilterExpression, ReceivedMessage};
-use crate::retry::RetryPolicy;
-use crate::session::{until_true, ServerSettings, Session};
+use crate::retry;
+use crate::session::{until_true, Session};
 
 /// What a handler says of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +39,19 @@ pub const MAX_HOLD: Duration = Duration::from_secs(12 * 3600);
 pub const ASSIGNMENT_INTERVAL: Duration = Duration::from_secs(5);
 /// Wait after a failed receive before the next.
 const RECEIVE_ERROR_PAUSE: Duration = Duration::from_secs(1);
-/// Tries of an ack or nack before leaving the message to its invisibility
-/// deadline (it is then delivered again).
+/// Tries of an ack, nack or dead-letter forward before leaving the message
+/// to its invisibility deadline (it is then delivered again).
 const SETTLE_ATTEMPTS: u32 = 3;
+/// Pause after the n-th failed try: n times this.
+const SETTLE_PAUSE: Duration = Duration::from_millis(100);
+
+/// What a handler's result leaves to do.
+enum Next {
+    /// Settled (acked or dead-lettered), or left to its deadline.
+    Done,
+    /// Try again after this backoff.
+    RetryAfter(Duration),
+}
 
 pub struct PushConsumerBuilder {
     config: ClientConfig,
@@ -89,7 +99,6 @@ impl PushConsumerBuilder {
         H: Fn(ReceivedMessage) -> F + Send + Sync + 'static,
         F: Future<Output = ConsumeResult> + Send + 'static,
     {
-        consumer::check_group(&self.group, &self.subscriptions)?;
         if self.max_concurrency == 0 || self.max_concurrency > consumer::MAX_RECEIVE_BATCH {
             return Err(ClientError::Invalid {
                 what: "max_concurrency",
@@ -106,27 +115,12 @@ impl PushConsumerBuilder {
                 why: "at least 1 s".into(),
             });
         }
-        let pub_sub = consumer::subscription(
-            &self.config.namespace,
+        let session = consumer::start_session(
+            self.config,
+            pb::ClientType::PushConsumer,
             &self.group,
             &self.subscriptions,
             self.await_duration,
-        );
-        let defaults = ServerSettings {
-            retry: RetryPolicy::consumer_default(),
-            max_body: 0,
-            validate_message_type: false,
-            fifo: false,
-            receive_batch: 32,
-            long_polling: self.await_duration,
-        };
-        let session = Session::start(
-            self.config,
-            pb::ClientType::PushConsumer,
-            Some(self.group.clone()),
-            pub_sub,
-            defaults,
-            None,
         )
         .await?;
         let worker = Arc::new(Worker {
@@ -395,19 +389,16 @@ impl Worker {
     }
 
     /// Concurrent mode: one try here; a failure is retried by the broker
-    /// after the backoff, or dead-lettered on the last attempt.
+    /// after the backoff (a nack), or dead-lettered on the last attempt.
     async fn run_one(&self, mut m: ReceivedMessage, _permit: OwnedSemaphorePermit) {
         let work = (self.handler)(m.clone());
         let result = self.hold(&mut m, work).await;
-        let policy = self.session.server().retry;
-        match result {
-            ConsumeResult::Success => self.ack(&m).await,
-            ConsumeResult::Failure if m.delivery_attempt >= policy.max_attempts => {
-                self.dead_letter(&m, policy.max_attempts).await
-            }
-            ConsumeResult::Failure => {
-                let wait = policy.delay_after(m.delivery_attempt);
-                self.nack(&m, wait).await
+        if let Next::RetryAfter(wait) = self.settle(&m, result).await {
+            let nack = retry::with_retries(SETTLE_ATTEMPTS, SETTLE_PAUSE, || {
+                consumer::change_invisible(&self.session, &self.group, &m, wait)
+            });
+            if let Err(e) = nack.await {
+                debug!(message = %m.message_id, error = %e, "nack failed; the message returns at its deadline");
             }
         }
     }
@@ -417,33 +408,56 @@ impl Worker {
     /// forwarded to the dead-letter queue.
     async fn run_chain(&self, chain: Vec<ReceivedMessage>, _permit: OwnedSemaphorePermit) {
         for mut m in chain {
-            if self.session.is_stopping() {
-                return;
-            }
             loop {
+                if self.session.is_stopping() {
+                    return;
+                }
                 let work = (self.handler)(m.clone());
                 let result = self.hold(&mut m, work).await;
-                let policy = self.session.server().retry;
-                match result {
-                    ConsumeResult::Success => {
-                        self.ack(&m).await;
-                        break;
-                    }
-                    ConsumeResult::Failure if m.delivery_attempt >= policy.max_attempts => {
-                        self.dead_letter(&m, policy.max_attempts).await;
-                        break;
-                    }
-                    ConsumeResult::Failure => {
-                        let wait = policy.delay_after(m.delivery_attempt);
+                match self.settle(&m, result).await {
+                    Next::Done => break,
+                    Next::RetryAfter(wait) => {
                         self.hold(&mut m, tokio::time::sleep(wait)).await;
-                        if self.session.is_stopping() {
-                            return;
-                        }
                         m.delivery_attempt += 1;
                     }
                 }
             }
         }
+    }
+
+    /// What follows a handler's result, per the group's policy: success is
+    /// acked, the last failed attempt dead-lettered; any other failure is
+    /// retried after the backoff step of its attempt (by the caller).
+    async fn settle(&self, m: &ReceivedMessage, result: ConsumeResult) -> Next {
+        let policy = &self.session.server().retry;
+        let (what, outcome) = match result {
+            ConsumeResult::Success => (
+                "ack",
+                retry::with_retries(SETTLE_ATTEMPTS, SETTLE_PAUSE, || {
+                    consumer::ack(&self.session, &self.group, m)
+                })
+                .await,
+            ),
+            ConsumeResult::Failure if m.delivery_attempt >= policy.max_attempts => (
+                "forwarding to the dead-letter queue",
+                retry::with_retries(SETTLE_ATTEMPTS, SETTLE_PAUSE, || {
+                    consumer::forward_to_dead_letter(
+                        &self.session,
+                        &self.group,
+                        m,
+                        policy.max_attempts,
+                    )
+                })
+                .await,
+            ),
+            ConsumeResult::Failure => {
+                return Next::RetryAfter(policy.delay_after(m.delivery_attempt))
+            }
+        };
+        if let Err(e) = outcome {
+            warn!(message = %m.message_id, error = %e, "{what} failed; the message will be delivered again");
+        }
+        Next::Done
     }
 
     /// Runs `work` while keeping `m` invisible: renews at two thirds of the
@@ -463,56 +477,6 @@ impl Worker {
                         Ok(h) => m.receipt_handle = h,
                         Err(e) => debug!(message = %m.message_id, error = %e, "renewing invisibility failed"),
                     }
-                }
-            }
-        }
-    }
-
-    async fn ack(&self, m: &ReceivedMessage) {
-        for attempt in 1..=SETTLE_ATTEMPTS {
-            match consumer::ack(&self.session, &self.group, m).await {
-                Ok(()) => return,
-                Err(e) if e.is_retryable() && attempt < SETTLE_ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(100) * attempt).await
-                }
-                Err(e) => {
-                    warn!(message = %m.message_id, error = %e, "ack failed; the message will be delivered again");
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn nack(&self, m: &ReceivedMessage, wait: Duration) {
-        for attempt in 1..=SETTLE_ATTEMPTS {
-            match consumer::change_invisible(&self.session, &self.group, m, wait).await {
-                Ok(_) => return,
-                Err(e) if e.is_retryable() && attempt < SETTLE_ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(100) * attempt).await
-                }
-                Err(e) => {
-                    debug!(message = %m.message_id, error = %e, "nack failed; the message returns at its deadline");
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn dead_letter(&self, m: &ReceivedMessage, max_attempts: u32) {
-        for attempt in 1..=SETTLE_ATTEMPTS {
-            match consumer::forward_to_dead_letter(&self.session, &self.group, m, max_attempts)
-                .await
-            {
-                Ok(()) => {
-                    info!(message = %m.message_id, attempts = m.delivery_attempt, "message sent to the dead-letter queue");
-                    return;
-                }
-                Err(e) if e.is_retryable() && attempt < SETTLE_ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(100) * attempt).await
-                }
-                Err(e) => {
-                    warn!(message = %m.message_id, error = %e, "forwarding to the dead-letter queue failed");
-                    return;
                 }
             }
         }

@@ -3,9 +3,33 @@
 
 use std::time::Duration;
 
+use std::future::Future;
+
 use ferry_proto::v2 as pb;
 
+use crate::error::Result;
 use crate::message::from_duration;
+
+/// Runs `op` until it succeeds, fails with an error not worth retrying,
+/// or has been tried `attempts` times; pauses `pause × n` after the n-th
+/// failure. Settling calls (ack, nack, dead-letter forward, EndTransaction)
+/// use it: their failure only delays an outcome the broker reaches anyway.
+pub(crate) async fn with_retries<T, F, Fut>(attempts: u32, pause: Duration, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && attempt < attempts => {
+                tokio::time::sleep(pause * attempt).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Backoff {

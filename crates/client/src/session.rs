@@ -66,7 +66,9 @@ pub(crate) struct Session {
     client_type: pb::ClientType,
     group: Option<String>,
     pub_sub: pb::settings::PubSub,
-    server: RwLock<ServerSettings>,
+    /// Swapped whole on each settings reply, so readers (every send and
+    /// every handled message) take a reference count, not a copy.
+    server: RwLock<Arc<ServerSettings>>,
     checker: Option<Arc<dyn DynChecker>>,
     checks: Arc<Semaphore>,
     stop: watch::Sender<bool>,
@@ -133,7 +135,7 @@ impl Session {
             client_type,
             group,
             pub_sub,
-            server: RwLock::new(defaults),
+            server: RwLock::new(Arc::new(defaults)),
             checker,
             checks: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
             stop,
@@ -166,7 +168,7 @@ impl Session {
             .map(|g| resource(&self.config.namespace, g))
     }
 
-    pub fn server(&self) -> ServerSettings {
+    pub fn server(&self) -> Arc<ServerSettings> {
         self.server
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -283,7 +285,8 @@ impl Session {
     }
 
     fn apply_settings(&self, s: &pb::Settings) {
-        let mut cur = self.server.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.server.write().unwrap_or_else(|p| p.into_inner());
+        let mut cur = ServerSettings::clone(&slot);
         if let Some(p) = &s.backoff_policy {
             cur.retry = RetryPolicy::from_wire(p, &cur.retry);
         }
@@ -307,7 +310,8 @@ impl Session {
             }
             None => {}
         }
-        debug!(client = %self.client_id, settings = ?*cur, "settings from the broker");
+        debug!(client = %self.client_id, settings = ?cur, "settings from the broker");
+        *slot = Arc::new(cur);
     }
 
     /// Reads broker commands until shutdown; reopens the stream when it

@@ -11,9 +11,8 @@ use crate::config::ClientConfig;
 use crate::consumer::{self, ReceiveCall};
 use crate::error::{ClientError, Result};
 use crate::message::{FilterExpression, ReceivedMessage};
-use crate::retry::RetryPolicy;
 use crate::route::Routes;
-use crate::session::{ServerSettings, Session};
+use crate::session::Session;
 
 /// Default long-polling time of a receive.
 pub const DEFAULT_AWAIT: Duration = Duration::from_secs(20);
@@ -47,28 +46,12 @@ impl SimpleConsumerBuilder {
     }
 
     pub async fn start(self) -> Result<SimpleConsumer> {
-        consumer::check_group(&self.group, &self.subscriptions)?;
-        let pub_sub = consumer::subscription(
-            &self.config.namespace,
+        let session = consumer::start_session(
+            self.config,
+            pb::ClientType::SimpleConsumer,
             &self.group,
             &self.subscriptions,
             self.await_duration,
-        );
-        let defaults = ServerSettings {
-            retry: RetryPolicy::consumer_default(),
-            max_body: 0,
-            validate_message_type: false,
-            fifo: false,
-            receive_batch: 32,
-            long_polling: self.await_duration,
-        };
-        let session = Session::start(
-            self.config,
-            pb::ClientType::SimpleConsumer,
-            Some(self.group.clone()),
-            pub_sub,
-            defaults,
-            None,
         )
         .await?;
         let c = SimpleConsumer {

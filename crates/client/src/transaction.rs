@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::v2 as pb;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::message::{Message, ReceivedMessage, SendReceipt};
 use crate::producer::{Producer, ProducerBuilder, ProducerInner};
+use crate::retry;
 
 /// A transaction's outcome as the checker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +67,13 @@ impl<T: TransactionChecker> DynChecker for T {
 pub const MAX_HALVES_PER_TRANSACTION: usize = 64;
 /// Tries of one EndTransaction before leaving the outcome to check-back.
 pub const END_ATTEMPTS: u32 = 3;
+/// Pause after the n-th failed EndTransaction: n times this.
+const END_PAUSE: Duration = Duration::from_millis(50);
 
-/// A producer of transactional (and plain) messages with a checker.
+/// A producer of transactional (and plain) messages with a checker: a
+/// [`Producer`] whose session also answers check-backs.
 pub struct TransactionProducer {
-    inner: Arc<ProducerInner>,
+    producer: Producer,
 }
 
 pub struct TransactionProducerBuilder<C> {
@@ -89,10 +93,12 @@ impl<C: TransactionChecker> TransactionProducerBuilder<C> {
 
     pub async fn start(self) -> Result<TransactionProducer> {
         Ok(TransactionProducer {
-            inner: self
-                .producer
-                .start_with_checker(Arc::new(self.checker))
-                .await?,
+            producer: Producer {
+                inner: self
+                    .producer
+                    .start_with_checker(Arc::new(self.checker))
+                    .await?,
+            },
         })
     }
 }
@@ -112,34 +118,29 @@ impl TransactionProducer {
     /// roll back. Dropped without either, its halves wait for check-back.
     pub fn begin(&self) -> Transaction {
         Transaction {
-            producer: self.inner.clone(),
+            producer: self.producer.inner.clone(),
             halves: Vec::new(),
             check_after: None,
         }
     }
 
+    /// The plain producer underneath: non-transactional sends, batches,
+    /// recall, client id, shutdown.
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+
     /// A plain (non-transactional) send through the same client.
     pub async fn send(&self, message: Message) -> Result<SendReceipt> {
-        let mut r = self
-            .inner
-            .send(std::slice::from_ref(&message), false, None)
-            .await?;
-        r.pop()
-            .ok_or_else(|| ClientError::Protocol("no result entry".into()))
+        self.producer.send(message).await
     }
 
     pub fn client_id(&self) -> &str {
-        &self.inner.session.client_id
+        self.producer.client_id()
     }
 
     pub async fn shutdown(&self) {
-        self.inner.session.shutdown().await;
-    }
-}
-
-impl Drop for TransactionProducer {
-    fn drop(&mut self) {
-        self.inner.session.stop_now();
+        self.producer.shutdown().await;
     }
 }
 
@@ -175,13 +176,10 @@ impl Transaction {
                 why: format!("at most {MAX_HALVES_PER_TRANSACTION} messages per transaction"),
             });
         }
-        let mut r = self
+        let receipt = self
             .producer
-            .send(std::slice::from_ref(&message), true, self.check_after)
+            .send_one(&message, true, self.check_after)
             .await?;
-        let receipt = r
-            .pop()
-            .ok_or_else(|| ClientError::Protocol("no result entry".into()))?;
         if receipt.transaction_id.is_empty() {
             return Err(ClientError::Protocol(
                 "a half message was stored without a transaction id".into(),
@@ -217,30 +215,18 @@ impl Transaction {
         let session = &self.producer.session;
         let mut first_error = None;
         for h in &self.halves {
-            let mut attempt = 1;
-            loop {
-                match session
-                    .end_transaction(
-                        &h.topic,
-                        &h.message_id,
-                        &h.transaction_id,
-                        resolution,
-                        pb::TransactionSource::SourceClient,
-                    )
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(e) if e.is_retryable() && attempt < END_ATTEMPTS => {
-                        debug!(transaction = %h.transaction_id, error = %e, "end transaction failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(50) * attempt).await;
-                        attempt += 1;
-                    }
-                    Err(e) => {
-                        warn!(transaction = %h.transaction_id, error = %e, "end transaction failed; the broker will check back");
-                        first_error.get_or_insert(e);
-                        break;
-                    }
-                }
+            let end = retry::with_retries(END_ATTEMPTS, END_PAUSE, || {
+                session.end_transaction(
+                    &h.topic,
+                    &h.message_id,
+                    &h.transaction_id,
+                    resolution,
+                    pb::TransactionSource::SourceClient,
+                )
+            });
+            if let Err(e) = end.await {
+                warn!(transaction = %h.transaction_id, error = %e, "end transaction failed; the broker will check back");
+                first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)

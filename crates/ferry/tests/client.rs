@@ -163,6 +163,42 @@ async fn refusals_carry_their_status_code() {
     let e = c.receive(1, Duration::from_secs(10)).await.unwrap_err();
     assert_eq!(e.code(), Some(Code::IllegalFilterExpression), "{e}");
 
+    // Consumer settings refused before any connection is tried.
+    let nowhere = || ferry_client::ClientConfig::new("127.0.0.1:1");
+    let refused = |r: Result<PushConsumer, ClientError>| match r {
+        Err(e @ ClientError::Invalid { .. }) => e.to_string(),
+        Err(e) => panic!("expected a refusal before connecting, got {e}"),
+        Ok(_) => panic!("expected a refusal"),
+    };
+    let handler = |_m: ReceivedMessage| async { ConsumeResult::Success };
+    let e = refused(
+        PushConsumer::builder(nowhere(), "g")
+            .subscribe("t", FilterExpression::all())
+            .max_concurrency(0)
+            .start(handler)
+            .await,
+    );
+    assert!(e.contains("max_concurrency"), "{e}");
+    let e = refused(
+        PushConsumer::builder(nowhere(), "g")
+            .subscribe("t", FilterExpression::all())
+            .invisible_duration(Duration::from_millis(500))
+            .start(handler)
+            .await,
+    );
+    assert!(e.contains("invisible duration"), "{e}");
+    let e = refused(PushConsumer::builder(nowhere(), "g").start(handler).await);
+    assert!(e.contains("subscribe to at least one topic"), "{e}");
+    let e = SimpleConsumer::builder(nowhere(), "")
+        .subscribe("t", FilterExpression::all())
+        .start()
+        .await
+        .err()
+        .expect("an empty group is refused");
+    assert!(matches!(e, ClientError::Invalid { .. }), "{e}");
+    let e = c.receive(0, Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(e, ClientError::Invalid { .. }), "{e}");
+
     let unreachable = ferry_client::ClientConfig::new("127.0.0.1:1");
     let e = Producer::builder(unreachable)
         .start()
@@ -432,6 +468,21 @@ async fn transactions_commit_roll_back_and_answer_check_backs() {
         .unwrap();
     assert_eq!(t.transaction_ids().len(), 2);
     t.commit().await.unwrap();
+    // One transaction holds at most 64 halves; the 65th is refused before
+    // it is sent, and rolling back discards the 64.
+    let mut big = p.begin();
+    for i in 0..ferry_client::MAX_HALVES_PER_TRANSACTION {
+        big.send(Message::new("tx", format!("bulk {i}")).with_key("x-bulk"))
+            .await
+            .unwrap();
+    }
+    let e = big
+        .send(Message::new("tx", "one too many"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Invalid { .. }), "{e}");
+    assert!(e.to_string().contains("64"), "{e}");
+    big.rollback().await.unwrap();
 
     let c = simple(&b, "tx-reader", "tx", FilterExpression::all()).await;
     let got = drain(&c, 4, Duration::from_secs(15)).await;

@@ -1027,3 +1027,28 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> (String, String, String) {
+        ("g".into(), "t".into(), format!("attempt-{i}"))
+    }
+
+    #[test]
+    fn remembered_attempts_are_bounded_oldest_first() {
+        let mut a = Attempts::default();
+        for i in 0..MAX_REMEMBERED_ATTEMPTS + 10 {
+            a.remember(key(i), Vec::new());
+        }
+        assert_eq!(a.by_key.len(), MAX_REMEMBERED_ATTEMPTS);
+        assert_eq!(a.order.len(), MAX_REMEMBERED_ATTEMPTS);
+        assert!(!a.by_key.contains_key(&key(9)), "the oldest went first");
+        assert!(a.by_key.contains_key(&key(10)));
+        assert!(a.by_key.contains_key(&key(MAX_REMEMBERED_ATTEMPTS + 9)));
+        // Remembering a key again replaces it without a second slot.
+        a.remember(key(10), Vec::new());
+        assert_eq!(a.order.len(), MAX_REMEMBERED_ATTEMPTS);
+    }
+}

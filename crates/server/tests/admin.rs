@@ -11,7 +11,6 @@ use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
 use pb::Code;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::Request;
 
@@ -81,49 +80,12 @@ impl Running {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection; the answer's status and
-/// JSON body (a non-JSON body comes back as a string).
+/// One call of the admin API: the answer's status and JSON body.
 async fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("end of headers");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut payload = raw[split + 4..].to_vec();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        payload = dechunk(&payload);
-    }
-    let value = serde_json::from_slice(&payload)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&payload).into()));
-    (status, value)
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line = b.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&b[..line]).unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[line + 2..line + 2 + size]);
-        b = &b[line + 2 + size + 2..];
-    }
+    ferry_admin::AdminClient::new(addr)
+        .request(method, path, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 fn req<T>(msg: T) -> Request<T> {

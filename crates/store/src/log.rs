@@ -136,6 +136,25 @@ struct Shared {
     segments: RwLock<BTreeMap<u64, Readable>>,
 }
 
+/// Where [`Log::locate`] found an offset.
+struct Located {
+    committed: u64,
+    first: u64,
+    file: Arc<File>,
+    pos: u64,
+    path: PathBuf,
+}
+
+impl Located {
+    fn out_of_range(&self, offset: u64) -> StoreError {
+        StoreError::OutOfRange {
+            offset,
+            first: self.first,
+            committed: self.committed,
+        }
+    }
+}
+
 /// The commit log. Cheap to share behind an `Arc`.
 pub struct Log {
     shared: Arc<Shared>,
@@ -343,31 +362,15 @@ impl Log {
     /// fails its checksum is reported as [`StoreError::Corrupt`], never
     /// returned.
     pub fn read(&self, offset: u64, len: u32) -> Result<Record, StoreError> {
-        let committed = self.shared.progress.borrow().committed;
-        let segments = self
-            .shared
-            .segments
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let first = segments.keys().next().copied().unwrap_or(committed);
-        let out_of_range = StoreError::OutOfRange {
-            offset,
-            first,
-            committed,
-        };
-        if offset + len as u64 > committed || len as usize > self.shared.config.max_record_bytes {
-            return Err(out_of_range);
+        let at = self.locate(offset)?;
+        if offset + len as u64 > at.committed || len as usize > self.shared.config.max_record_bytes
+        {
+            return Err(at.out_of_range(offset));
         }
-        let Some((_, seg)) = segments.range(..=offset).next_back() else {
-            return Err(out_of_range);
-        };
-        let file = seg.file.clone();
-        let pos = HEADER_LEN + (offset - seg.base);
-        let path = seg.path.clone();
-        drop(segments);
         let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, pos)
-            .map_err(StoreError::io("reading record", path))?;
+        at.file
+            .read_exact_at(&mut buf, at.pos)
+            .map_err(StoreError::io("reading record", at.path))?;
         decode(
             &Bytes::from(buf),
             offset,
@@ -377,36 +380,43 @@ impl Log {
         .map_err(|source| StoreError::Corrupt { offset, source })
     }
 
-    /// Reads and verifies the committed record at `offset` when its length
-    /// is not known (an index that keeps only offsets): the length field is
-    /// read first, bounded by the record limit, then the record as
-    /// [`Log::read`] does. Returns the record and its length.
-    pub fn read_at(&self, offset: u64) -> Result<(Record, u32), StoreError> {
-        let (committed, first, file, pos, path) = {
-            let committed = self.shared.progress.borrow().committed;
-            let segments = self
-                .shared
-                .segments
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
-            let first = segments.keys().next().copied().unwrap_or(committed);
-            let Some((_, seg)) = segments.range(..=offset).next_back() else {
-                return Err(StoreError::OutOfRange {
-                    offset,
-                    first,
-                    committed,
-                });
-            };
-            let pos = HEADER_LEN + (offset - seg.base);
-            (committed, first, seg.file.clone(), pos, seg.path.clone())
-        };
-        if offset.saturating_add(4) > committed {
+    /// The segment holding `offset` and where in its file the offset lies,
+    /// with the log's bounds at this moment; the segment map is locked only
+    /// while looking.
+    fn locate(&self, offset: u64) -> Result<Located, StoreError> {
+        let committed = self.shared.progress.borrow().committed;
+        let segments = self
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let first = segments.keys().next().copied().unwrap_or(committed);
+        let Some((_, seg)) = segments.range(..=offset).next_back() else {
             return Err(StoreError::OutOfRange {
                 offset,
                 first,
                 committed,
             });
+        };
+        Ok(Located {
+            committed,
+            first,
+            file: seg.file.clone(),
+            pos: HEADER_LEN + (offset - seg.base),
+            path: seg.path.clone(),
+        })
+    }
+
+    /// Reads and verifies the committed record at `offset` when its length
+    /// is not known (an index that keeps only offsets): the length field is
+    /// read first, bounded by the record limit, then the record as
+    /// [`Log::read`] does. Returns the record and its length.
+    pub fn read_at(&self, offset: u64) -> Result<(Record, u32), StoreError> {
+        let at = self.locate(offset)?;
+        if offset.saturating_add(4) > at.committed {
+            return Err(at.out_of_range(offset));
         }
+        let (file, pos, path) = (at.file, at.pos, at.path);
         let mut len = [0u8; 4];
         file.read_exact_at(&mut len, pos)
             .map_err(StoreError::io("reading record length", path))?;

@@ -118,16 +118,18 @@ pub async fn run(args: DlqArgs) -> CliResult {
             group,
             message_id,
             offset,
-            all,
+            // Exactly one of the three is set (the argument group says so):
+            // neither an offset nor an id means --all.
+            all: _,
             again,
         } => {
             // Bulk selections skip letters already sent back once, unless
             // asked: re-driving those again would deliver a message that
             // may have been handled after its first re-drive.
             let fresh = |d: &&Value| again || d.get("redriven_at_ms").is_none_or(Value::is_null);
-            let offsets: Vec<u64> = match (offset, message_id, all) {
-                (Some(o), _, _) => vec![o],
-                (None, Some(id), _) => {
+            let offsets: Vec<u64> = match (offset, message_id) {
+                (Some(o), _) => vec![o],
+                (None, Some(id)) => {
                     let found: Vec<u64> = fetch(&admin, &group, usize::MAX)
                         .await?
                         .iter()
@@ -149,15 +151,12 @@ pub async fn run(args: DlqArgs) -> CliResult {
                     }
                     found
                 }
-                (None, None, true) => fetch(&admin, &group, usize::MAX)
+                (None, None) => fetch(&admin, &group, usize::MAX)
                     .await?
                     .iter()
                     .filter(fresh)
                     .filter_map(|d| d.get("dlq_queue_offset").and_then(Value::as_u64))
                     .collect(),
-                (None, None, false) => {
-                    return Err(fail("say which: --message-id, --offset or --all"))
-                }
             };
             let total = offsets.len() as u64;
             let mut progress = Progress::new("redriven", t.json);
