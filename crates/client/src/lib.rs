@@ -59,7 +59,9 @@ pub use consumer::MAX_RECEIVE_BATCH;
 pub use error::{ClientError, Result};
 pub use ferry_proto::v2::Code;
 pub use id::new_message_id;
-pub use message::{FilterExpression, Message, ReceivedMessage, SendReceipt, MAX_INFLATED_BODY};
+pub use message::{
+    FilterExpression, Message, ReceivedMessage, SendReceipt, MAX_INFLATED_BODY, MAX_MESSAGE_ID_LEN,
+};
 pub use producer::{Producer, ProducerBuilder, MAX_BATCH};
 pub use push_consumer::{ConsumeResult, PushConsumer, PushConsumerBuilder};
 pub use retry::{Backoff, RetryPolicy};

@@ -10,6 +10,9 @@ use md5::{Digest as _, Md5};
 
 use crate::error::ClientError;
 
+/// The longest message id a broker takes (Ferry's limit).
+pub const MAX_MESSAGE_ID_LEN: usize = 128;
+
 /// What a producer sends. Build it with the `with_*` methods.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -22,6 +25,10 @@ pub struct Message {
     pub message_group: Option<String>,
     /// Delayed: not delivered before this time.
     pub delivery_time: Option<SystemTime>,
+    /// The id to send under. `None`: a fresh id per send. Set it when the
+    /// same logical message may be sent again (an outbox relay after a
+    /// crash) so consumers can recognise the repeat.
+    pub message_id: Option<String>,
 }
 
 impl Message {
@@ -34,7 +41,14 @@ impl Message {
             properties: BTreeMap::new(),
             message_group: None,
             delivery_time: None,
+            message_id: None,
         }
+    }
+
+    /// Sends under this id instead of a fresh one; see [`Message::message_id`].
+    pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
     }
 
     pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
@@ -126,6 +140,16 @@ impl Message {
         }
         if self.message_group.as_ref().is_some_and(String::is_empty) {
             return bad("empty message group".into());
+        }
+        if let Some(id) = &self.message_id {
+            if id.is_empty()
+                || id.len() > MAX_MESSAGE_ID_LEN
+                || !id.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return bad(format!(
+                    "message id {id:?}: 1 to {MAX_MESSAGE_ID_LEN} printable ASCII characters without blanks"
+                ));
+            }
         }
         Ok(())
     }

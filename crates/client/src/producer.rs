@@ -163,7 +163,10 @@ impl ProducerInner {
                 ),
             });
         }
-        let ids: Vec<String> = messages.iter().map(|_| new_message_id()).collect();
+        let ids: Vec<String> = messages
+            .iter()
+            .map(|m| m.message_id.clone().unwrap_or_else(new_message_id))
+            .collect();
         let attempts = if transactional {
             1
         } else {

@@ -1,0 +1,399 @@
+//! The relay: claim pending rows, publish them, mark them sent. Run as
+//! many relays (and workers per relay) as needed; leases keep them from
+//! publishing the same row, and a crashed relay's rows come back when its
+//! lease runs out.
+//!
+//! At-least-once, with bounded duplicates: a row is re-published only if a
+//! relay claimed it and then did not mark it sent (a crash between publish
+//! and mark, or a lease that ran out mid-publish), so the duplicates after
+//! a crash are at most the rows that relay held: `workers × batch`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::cleanup::{Janitor, JanitorConfig};
+use crate::error::{OutboxError, Result};
+use crate::message::PendingMessage;
+use crate::metrics::RelayMetrics;
+use crate::plan::{self, AfterFailure, Lane};
+use crate::publisher::{PublishError, Publisher};
+use crate::store::{Store, MAX_CLAIM};
+
+/// How a relay runs. The defaults suit a relay next to its database.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// This relay's name in `lease_owner`; unique per process.
+    pub owner: String,
+    /// Claim loops running at once; each holds one claim in flight.
+    pub workers: usize,
+    /// Rows per claim.
+    pub batch: usize,
+    /// Publish calls in flight per worker.
+    pub publish_concurrency: usize,
+    /// How long a claim is exclusive. A relay never starts a publish after
+    /// half of it, so a slow relay gives rows up rather than racing the
+    /// next owner.
+    pub lease: Duration,
+    /// Sleep between claims when nothing was pending.
+    pub idle_poll: Duration,
+    /// First retry delay after a failed publish; doubles per attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Attempts before a row is parked as failed; 0 = never give up on a
+    /// retryable error. Non-retryable errors park at once.
+    pub max_attempts: u32,
+    /// How often the gauges are refreshed from the database.
+    pub stats_interval: Duration,
+    /// Sent-row cleanup, run by the relay.
+    pub cleanup: JanitorConfig,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            owner: default_owner(),
+            workers: 2,
+            batch: 500,
+            publish_concurrency: 16,
+            lease: Duration::from_secs(30),
+            idle_poll: Duration::from_millis(100),
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            max_attempts: 0,
+            stats_interval: Duration::from_secs(5),
+            cleanup: JanitorConfig::outbox(),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Refuses settings that cannot work, before anything starts.
+    pub fn check(&self) -> Result<()> {
+        let bad = |why: String| Err(OutboxError::invalid("relay config", why));
+        if self.owner.is_empty() || self.owner.len() > 64 {
+            return bad(format!("owner {:?}: 1 to 64 bytes", self.owner));
+        }
+        if !(1..=64).contains(&self.workers) {
+            return bad(format!("workers {}: 1 to 64", self.workers));
+        }
+        if !(1..=MAX_CLAIM).contains(&self.batch) {
+            return bad(format!("batch {}: 1 to {MAX_CLAIM}", self.batch));
+        }
+        if !(1..=256).contains(&self.publish_concurrency) {
+            return bad(format!(
+                "publish concurrency {}: 1 to 256",
+                self.publish_concurrency
+            ));
+        }
+        if self.lease < Duration::from_secs(1) {
+            return bad(format!("lease {:?}: at least 1s", self.lease));
+        }
+        if self.retry_base.is_zero() || self.retry_max < self.retry_base {
+            return bad("retry delays: base > 0 and max >= base".into());
+        }
+        if self.idle_poll.is_zero() || self.stats_interval.is_zero() {
+            return bad("idle poll and stats interval must be positive".into());
+        }
+        self.cleanup.check()
+    }
+}
+
+fn default_owner() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
+    let host: String = host.chars().take(32).collect();
+    let nonce = std::collections::hash_map::RandomState::new();
+    let n = std::hash::BuildHasher::hash_one(&nonce, std::process::id()) & 0xffff_ffff;
+    format!("{host}-{}-{n:08x}", std::process::id())
+}
+
+/// A running relay.
+pub struct Relay {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    metrics: Arc<RelayMetrics>,
+    janitor: Janitor,
+}
+
+impl Relay {
+    /// Starts `config.workers` claim loops, the gauges and the cleanup.
+    pub fn start<P: Publisher>(store: Store, publisher: P, config: RelayConfig) -> Result<Relay> {
+        config.check()?;
+        let metrics = Arc::new(RelayMetrics::default());
+        let (stop, stopped) = watch::channel(false);
+        let publisher = Arc::new(publisher);
+        let config = Arc::new(config);
+        let mut tasks = JoinSet::new();
+        for n in 0..config.workers {
+            let w = Worker {
+                store: store.clone(),
+                publisher: publisher.clone(),
+                config: config.clone(),
+                metrics: metrics.clone(),
+                stopped: stopped.clone(),
+            };
+            tasks.spawn(async move { w.run(n).await });
+        }
+        tasks.spawn(gauges(
+            store.clone(),
+            metrics.clone(),
+            config.stats_interval,
+            stopped,
+        ));
+        let janitor = Janitor::start(store, config.cleanup.clone(), metrics.clone())?;
+        info!(owner = %config.owner, workers = config.workers, batch = config.batch, "relay started");
+        Ok(Relay {
+            stop,
+            tasks,
+            metrics,
+            janitor,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<RelayMetrics> {
+        &self.metrics
+    }
+
+    /// Stops claiming, lets publishes in flight finish and settles them,
+    /// hands back what was claimed but not published.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.janitor.shutdown().await;
+    }
+}
+
+struct Worker<P> {
+    store: Store,
+    publisher: Arc<P>,
+    config: Arc<RelayConfig>,
+    metrics: Arc<RelayMetrics>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// What publishing one claim came to.
+#[derive(Default)]
+struct Outcome {
+    sent: Vec<i64>,
+    failed: Vec<(PendingMessage, Arc<PublishError>)>,
+    /// Claimed but not tried: the lease was too far gone, or an earlier
+    /// row of the same key failed.
+    untried: Vec<i64>,
+    /// Of `untried`, those left for lack of lease.
+    expired: usize,
+    lag_ms: i64,
+}
+
+impl<P: Publisher> Worker<P> {
+    async fn run(mut self, n: usize) {
+        let mut db_backoff = Duration::from_millis(100);
+        loop {
+            if *self.stopped.borrow() {
+                break;
+            }
+            let claim = self
+                .store
+                .claim(&self.config.owner, self.config.batch, self.config.lease)
+                .await;
+            let claim = match claim {
+                Ok(c) => {
+                    db_backoff = Duration::from_millis(100);
+                    c
+                }
+                Err(e) => {
+                    warn!(worker = n, error = %e, "claim failed; retrying");
+                    self.pause(db_backoff).await;
+                    db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if claim.rows.is_empty() {
+                self.pause(self.config.idle_poll).await;
+                continue;
+            }
+            let claimed_at = Instant::now();
+            let m = &self.metrics;
+            m.claimed
+                .fetch_add(claim.rows.len() as u64, Ordering::Relaxed);
+            m.reclaimed
+                .fetch_add(claim.reclaimed as u64, Ordering::Relaxed);
+            debug!(worker = n, rows = claim.rows.len(), "claimed");
+            let lanes = plan::lanes(claim.rows, self.publisher.max_batch().max(1));
+            let outcome = self.publish(lanes, claimed_at).await;
+            self.settle(outcome, claimed_at).await;
+        }
+    }
+
+    /// Sleeps, or returns at once when the relay is told to stop.
+    async fn pause(&mut self, d: Duration) {
+        let _ = tokio::time::timeout(d, self.stopped.wait_for(|s| *s)).await;
+    }
+
+    async fn publish(&self, lanes: Vec<Lane<PendingMessage>>, claimed_at: Instant) -> Outcome {
+        let permits = Arc::new(Semaphore::new(self.config.publish_concurrency));
+        // Never start a publish after half the lease: the rest of it is the
+        // margin for the call and the mark, by this host's clock.
+        let deadline = claimed_at + self.config.lease / 2;
+        let mut set = JoinSet::new();
+        for lane in lanes {
+            let publisher = self.publisher.clone();
+            let permits = permits.clone();
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("never closed");
+                publish_lane(&*publisher, lane, deadline).await
+            });
+        }
+        let mut out = Outcome::default();
+        while let Some(done) = set.join_next().await {
+            let lane = done.expect("a publish task panicked");
+            out.sent.extend(lane.sent);
+            out.failed.extend(lane.failed);
+            out.untried.extend(lane.untried);
+            out.expired += lane.expired;
+            out.lag_ms = out.lag_ms.max(lane.lag_ms);
+        }
+        out
+    }
+
+    /// Writes the outcome back. Marking sent is retried while the lease
+    /// lasts; after that another relay may publish the rows again, which
+    /// is the at-least-once bound, not a loss.
+    async fn settle(&self, out: Outcome, claimed_at: Instant) {
+        let m = &self.metrics;
+        let c = &self.config;
+        if !out.sent.is_empty() {
+            let mut wait = Duration::from_millis(50);
+            loop {
+                match self.store.mark_sent(&out.sent).await {
+                    Ok(()) => {
+                        m.published
+                            .fetch_add(out.sent.len() as u64, Ordering::Relaxed);
+                        let since_claim = claimed_at.elapsed().as_millis() as i64;
+                        m.lag_ms.store(out.lag_ms + since_claim, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) if claimed_at.elapsed() + wait < c.lease => {
+                        warn!(error = %e, rows = out.sent.len(), "marking sent failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => {
+                        warn!(error = %e, rows = out.sent.len(),
+                            "could not mark published rows sent before the lease ran out; \
+                             they will be published again");
+                        break;
+                    }
+                }
+            }
+        }
+        for (row, err) in &out.failed {
+            m.publish_failures.fetch_add(1, Ordering::Relaxed);
+            let decision = plan::after_failure(
+                row.attempts,
+                err.retryable,
+                c.max_attempts,
+                c.retry_base,
+                c.retry_max,
+            );
+            let done = match decision {
+                AfterFailure::RetryIn(d) => {
+                    debug!(id = row.id, attempts = row.attempts, error = %err, delay = ?d, "publish failed");
+                    self.store.retry_later(&[row.id], d, &err.message).await
+                }
+                AfterFailure::Park => {
+                    warn!(id = row.id, message_id = %row.message_id, attempts = row.attempts,
+                        error = %err, "publish failed for good; row parked as failed");
+                    m.parked.fetch_add(1, Ordering::Relaxed);
+                    self.store.park(&[row.id], &err.message).await
+                }
+            };
+            if let Err(e) = done {
+                warn!(id = row.id, error = %e, "could not record a failed publish; the lease will expire");
+            }
+        }
+        if !out.untried.is_empty() {
+            m.lease_timeouts
+                .fetch_add(out.expired as u64, Ordering::Relaxed);
+            if let Err(e) = self.store.release(&c.owner, &out.untried).await {
+                warn!(error = %e, "could not release unpublished rows; the lease will expire");
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct LaneOutcome {
+    sent: Vec<i64>,
+    failed: Vec<(PendingMessage, Arc<PublishError>)>,
+    untried: Vec<i64>,
+    expired: usize,
+    lag_ms: i64,
+}
+
+/// Publishes a lane's batches in order; stops at the first failure, since
+/// the rest of an ordered lane must not overtake it.
+async fn publish_lane<P: Publisher>(
+    publisher: &P,
+    lane: Lane<PendingMessage>,
+    deadline: Instant,
+) -> LaneOutcome {
+    let mut out = LaneOutcome::default();
+    let mut batches = lane.batches.into_iter();
+    for batch in batches.by_ref() {
+        if Instant::now() >= deadline {
+            out.expired += batch.len();
+            out.untried.extend(batch.iter().map(|r| r.id));
+            break;
+        }
+        match publisher.publish(&batch).await {
+            Ok(()) => {
+                let oldest = batch.iter().map(|r| r.age_ms).max().unwrap_or(0);
+                out.lag_ms = out.lag_ms.max(oldest);
+                out.sent.extend(batch.iter().map(|r| r.id));
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                out.failed.extend(batch.into_iter().map(|r| (r, e.clone())));
+                break;
+            }
+        }
+    }
+    for rest in batches {
+        if Instant::now() >= deadline {
+            out.expired += rest.len();
+        }
+        out.untried.extend(rest.iter().map(|r| r.id));
+    }
+    out
+}
+
+async fn gauges(
+    store: Store,
+    metrics: Arc<RelayMetrics>,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        match store.stats().await {
+            Ok(s) => {
+                metrics.pending.store(s.pending, Ordering::Relaxed);
+                metrics
+                    .oldest_pending_age_ms
+                    .store(s.oldest_pending_age_ms, Ordering::Relaxed);
+                metrics.failed_rows.store(s.failed, Ordering::Relaxed);
+            }
+            Err(e) => warn!(error = %e, "outbox stats failed"),
+        }
+        if tokio::time::timeout(every, stopped.wait_for(|s| *s))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+}
