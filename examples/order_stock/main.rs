@@ -24,14 +24,18 @@
 
 mod db;
 mod orders;
+#[path = "../common/process.rs"]
+mod process;
 mod random;
 mod stock;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use process::Service;
 use random::Random;
 
 /// Topic of a run: each demo run has its own topic and consumer group, so
@@ -127,13 +131,7 @@ pub fn kill_self() -> ! {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    process::init_logging();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -181,48 +179,6 @@ fn main() -> ExitCode {
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-struct Service {
-    name: &'static str,
-    args: Vec<String>,
-    child: Option<Child>,
-    server: String,
-    dir: PathBuf,
-    run: String,
-}
-
-impl Service {
-    fn start(&mut self) -> Res<()> {
-        let exe = std::env::current_exe()?;
-        let child = Command::new(exe)
-            .args(["--server", &self.server, "--run", &self.run, "--dir"])
-            .arg(&self.dir)
-            .args(&self.args)
-            .spawn()?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Restarts it if it died (it may have killed itself).
-    fn revive(&mut self) -> Res<bool> {
-        let dead = match self.child.as_mut() {
-            None => true,
-            Some(c) => c.try_wait()?.is_some(),
-        };
-        if dead {
-            self.child = None;
-            self.start()?;
-        }
-        Ok(dead)
-    }
-}
-
 fn demo(
     server: &str,
     dir: &Path,
@@ -246,14 +202,15 @@ fn demo(
     rt.block_on(orders::init(&orders_db(dir)))?;
     rt.block_on(stock::init(&stock_db(dir)))?;
     let mut rng = Random::new(seed);
-    let service = |name, args: Vec<String>| Service {
-        name,
-        args,
-        child: None,
-        server: server.to_string(),
-        dir: dir.to_path_buf(),
-        run: run.clone(),
-    };
+    let base: Vec<OsString> = vec![
+        "--server".into(),
+        server.into(),
+        "--run".into(),
+        run.clone().into(),
+        "--dir".into(),
+        dir.into(),
+    ];
+    let service = |name, args: Vec<String>| Service::new(name, &base, args);
     // Orders are paced so that they span the kill rounds (about 900 ms
     // apart on average).
     let pace_ms = (u64::from(kills) * 900 / u64::from(orders.max(1))).min(200);
@@ -296,7 +253,7 @@ fn demo(
         // its dangerous points.
         order_svc.args = order_args(0.02, rng.next());
         for s in [&mut order_svc, &mut stock_svc] {
-            if s.child.is_some() && s.revive()? {
+            if s.started() && s.revive()? {
                 self_killed += 1;
                 println!("round {round}: the {} had killed itself", s.name);
             } else {

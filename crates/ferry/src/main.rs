@@ -37,6 +37,8 @@ enum Command {
     Tx(cli::tx::TxArgs),
     /// Dead letters of a consumer group, and re-drive.
     Dlq(cli::dlq::DlqArgs),
+    /// Publish a service's outbox table to the broker; inspect and tidy it.
+    Outbox(cli::outbox::OutboxArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +47,7 @@ fn main() -> std::process::ExitCode {
     // their output is the answer, not the log.
     let default_level = match cli.command {
         Command::Serve(_) | Command::Bench(_) => "info",
+        Command::Outbox(ref a) if a.is_relay() => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Message(args) => cli::block_on(cli::message::run(args)),
         Command::Tx(args) => cli::block_on(cli::tx::run(args)),
         Command::Dlq(args) => cli::block_on(cli::dlq::run(args)),
+        Command::Outbox(args) => cli::outbox::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! else behind the [`Publisher`] trait.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use ferry_client::{ClientError, Producer};
 use thiserror::Error;
@@ -52,15 +53,18 @@ pub trait Publisher: Send + Sync + 'static {
 /// Publishes to Ferry (or any RocketMQ 5 proxy) with a [`Producer`]. A
 /// batch goes as one SendMessage call, stored all or nothing on Ferry.
 pub struct FerryPublisher {
-    producer: Producer,
+    producer: Arc<Producer>,
 }
 
 impl FerryPublisher {
     pub fn new(producer: Producer) -> Self {
-        FerryPublisher { producer }
+        FerryPublisher {
+            producer: Arc::new(producer),
+        }
     }
 
-    pub fn producer(&self) -> &Producer {
+    /// The producer, shared: shut it down once the relay has stopped.
+    pub fn producer(&self) -> &Arc<Producer> {
         &self.producer
     }
 }

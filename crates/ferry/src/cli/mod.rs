@@ -7,6 +7,7 @@ pub mod consume;
 pub mod dlq;
 pub mod group;
 pub mod message;
+pub mod outbox;
 pub mod output;
 pub mod send;
 pub mod topic;
