@@ -12,11 +12,14 @@
 //!   time, exactly-once.
 //! * `fifo` — FIFO consumer group: throughput of many message groups with
 //!   and without one slow group, alternating phases, order checked.
+//! * `outbox` — the outbox relay: a PostgreSQL table drained into the
+//!   broker, unordered and per-key ordered rows, with the ratio.
 
 mod append;
 mod e2e;
 mod fifo;
 mod net;
+mod outbox;
 mod timers;
 mod tx;
 
@@ -40,6 +43,8 @@ pub enum Which {
     Timers(timers::TimersArgs),
     /// FIFO consumption of many message groups, with and without a slow one.
     Fifo(fifo::FifoArgs),
+    /// Outbox relay: rows from a PostgreSQL table to the broker.
+    Outbox(outbox::OutboxArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -49,6 +54,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Syn
         Which::Tx(a) => tx::run(a),
         Which::Timers(a) => timers::run(a),
         Which::Fifo(a) => fifo::run(a),
+        Which::Outbox(a) => outbox::run(a),
     }
 }
 

@@ -50,6 +50,21 @@ pub trait Publisher: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
 }
 
+/// A shared publisher publishes like the one it shares (one producer
+/// session for several relays, say).
+impl<P: Publisher> Publisher for Arc<P> {
+    fn max_batch(&self) -> usize {
+        (**self).max_batch()
+    }
+
+    fn publish(
+        &self,
+        batch: &[PendingMessage],
+    ) -> impl Future<Output = Result<(), PublishError>> + Send {
+        (**self).publish(batch)
+    }
+}
+
 /// Publishes to Ferry (or any RocketMQ 5 proxy) with a [`Producer`]. A
 /// batch goes as one SendMessage call, stored all or nothing on Ferry.
 pub struct FerryPublisher {
