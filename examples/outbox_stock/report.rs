@@ -138,7 +138,7 @@ pub async fn check(dbs: &Dbs) -> Res<Report> {
 
 impl Report {
     fn find_problems(&mut self) {
-        let p = &mut self.problems;
+        let mut p = Vec::new();
         for (id, order) in &self.committed {
             match self.processed.get(id) {
                 None => p.push(format!("{id} committed but never reached the stock")),
@@ -186,6 +186,7 @@ impl Report {
                 self.outbox.failed
             ));
         }
+        self.problems = p;
     }
 
     /// Quantity of `item` in committed orders.

@@ -16,7 +16,6 @@ use ferry_client::{ClientConfig, Producer};
 use ferry_outbox::{
     FerryPublisher, JanitorConfig, Outbox, OutboxMessage, Relay, RelayConfig, Store,
 };
-use sqlx::Executor as _;
 
 use crate::net::{self, BoxError};
 
@@ -108,8 +107,10 @@ async fn run_async(a: OutboxArgs) -> Result<(), BoxError> {
             );
             t.1 += a.rows;
             t.2 += secs;
-            // Sent rows would slow the next fill's index; clear them.
-            pool.execute("DELETE FROM ferry_outbox WHERE state = 1")
+            // Its own sent rows would slow the next fill; clear them.
+            sqlx::query("DELETE FROM ferry_outbox WHERE state = 1 AND topic = $1")
+                .bind(&topic)
+                .execute(&pool)
                 .await?;
         }
     }
