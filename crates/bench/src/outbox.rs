@@ -125,8 +125,9 @@ async fn run_async(a: OutboxArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Writes the rows through `Outbox::enqueue`, 500 per transaction, four
-/// writers; returns seconds taken. Keyed rows use one of 64 keys.
+/// Writes the rows through `Outbox::enqueue_batch`, 500 per transaction,
+/// four writers; returns seconds taken. Keyed rows use one of 64 keys, so
+/// keyed writers queue behind each other's key locks (commit order).
 async fn fill(
     pool: &sqlx::PgPool,
     a: &OutboxArgs,
@@ -150,16 +151,18 @@ async fn fill(
         writers.spawn(async move {
             let mut t = w;
             while t < txs {
+                let messages: Vec<OutboxMessage> = (t * per_tx..((t + 1) * per_tx).min(rows))
+                    .map(|i| {
+                        let m = OutboxMessage::new(topic.clone(), body.clone());
+                        if keyed {
+                            m.ordered_by(format!("key-{}", i % 64))
+                        } else {
+                            m
+                        }
+                    })
+                    .collect();
                 let mut tx = pool.begin().await?;
-                for i in t * per_tx..((t + 1) * per_tx).min(rows) {
-                    let mut m = OutboxMessage::new(topic.clone(), body.clone());
-                    if keyed {
-                        // 16 keys per writer, 64 in all: writers never wait
-                        // on each other's keys, so the fill is not serialised.
-                        m = m.ordered_by(format!("key-{w}-{}", i % 16));
-                    }
-                    outbox.enqueue(&mut tx, &m).await?;
-                }
+                outbox.enqueue_batch(&mut tx, &messages).await?;
                 tx.commit().await?;
                 t += 4;
             }

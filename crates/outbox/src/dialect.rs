@@ -4,6 +4,9 @@
 
 use crate::error::OutboxError;
 
+/// Values bound per inserted outbox row.
+pub const INSERT_BINDS: usize = 9;
+
 /// Which SQL the database speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -101,15 +104,25 @@ impl Dialect {
         }
     }
 
-    /// Inserts one outbox row; binds in [`crate::enqueue`]'s order.
-    pub fn insert_row(self) -> String {
+    /// Inserts `rows` outbox rows in one statement, ids ascending in
+    /// order; each binds [`INSERT_BINDS`] values in `crate::enqueue`'s
+    /// order.
+    pub fn insert_rows(self, rows: usize) -> String {
+        assert!(rows > 0, "an insert needs at least one row");
         let cols = "message_id, topic, tag, keys_json, properties_json, message_group, \
                     ordering_key, deliver_at_ms, body, created_ms, state, attempts";
-        let phs: Vec<String> = (1..=9).map(|n| self.ph(n)).collect();
+        let now = self.now_ms();
+        let values: Vec<String> = (0..rows)
+            .map(|r| {
+                let phs: Vec<String> = (1..=INSERT_BINDS)
+                    .map(|n| self.ph(r * INSERT_BINDS + n))
+                    .collect();
+                format!("({}, {now}, 0, 0)", phs.join(", "))
+            })
+            .collect();
         format!(
-            "INSERT INTO ferry_outbox ({cols}) VALUES ({}, {}, 0, 0)",
-            phs.join(", "),
-            self.now_ms()
+            "INSERT INTO ferry_outbox ({cols}) VALUES {}",
+            values.join(", ")
         )
     }
 
@@ -165,8 +178,9 @@ mod tests {
     fn placeholders_follow_the_dialect() {
         assert_eq!(Dialect::Postgres.in_list(3, 2), "($3, $4)");
         assert_eq!(Dialect::MySql.in_list(3, 2), "(?, ?)");
-        assert!(Dialect::Postgres.insert_row().contains("$9"));
-        assert_eq!(Dialect::Sqlite.insert_row().matches('?').count(), 9);
+        assert!(Dialect::Postgres.insert_rows(1).contains("$9"));
+        assert!(Dialect::Postgres.insert_rows(2).contains("($10, $11"));
+        assert_eq!(Dialect::Sqlite.insert_rows(3).matches('?').count(), 27);
     }
 
     #[test]

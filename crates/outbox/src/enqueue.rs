@@ -4,12 +4,18 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::collections::BTreeSet;
+
 use sqlx::{Database, Encode, Executor, IntoArguments, Transaction, Type};
 
 use crate::dialect::Dialect;
 use crate::error::Result;
 use crate::message::{limits, OutboxMessage};
 use crate::metrics::OutboxMetrics;
+
+/// Rows per multi-row insert: 9 binds each keeps a statement well under
+/// every database's bind limit (SQLite's is the lowest, 32 766).
+pub const MAX_ROWS_PER_INSERT: usize = 500;
 
 /// The writer's side of the outbox. Cheap to clone; holds no connection:
 /// every write goes through the caller's transaction.
@@ -69,31 +75,77 @@ impl Outbox {
         for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
         for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
     {
-        message.check(self.max_body)?;
+        let mut ids = self
+            .enqueue_batch(tx, std::slice::from_ref(message))
+            .await?;
+        Ok(ids.pop().expect("one id per message"))
+    }
+
+    /// Writes several messages in `tx`, in slice order (which is their
+    /// order within an ordering key), with one multi-row insert per
+    /// [`MAX_ROWS_PER_INSERT`] rows. All are checked before anything is
+    /// written. The ordering keys among them are locked once each, in
+    /// sorted order, so two batches sharing keys never deadlock on them.
+    pub async fn enqueue_batch<DB>(
+        &self,
+        tx: &mut Transaction<'_, DB>,
+        messages: &[OutboxMessage],
+    ) -> Result<Vec<String>>
+    where
+        DB: Database,
+        for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+        for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+        for<'q> String: Encode<'q, DB> + Type<DB>,
+        for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+        for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+        for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
+    {
+        for m in messages {
+            m.check(self.max_body)?;
+        }
         let dialect = Dialect::from_driver_name(DB::NAME);
-        if let Some(key) = message.effective_ordering_key() {
-            sqlx::query(&dialect.lock_key())
+        let keys: BTreeSet<&str> = messages
+            .iter()
+            .filter_map(OutboxMessage::effective_ordering_key)
+            .collect();
+        let lock = dialect.lock_key();
+        for key in keys {
+            sqlx::query(&lock)
                 .bind(key.to_string())
                 .execute(&mut **tx)
                 .await?;
         }
-        let id = message
-            .message_id
-            .clone()
-            .unwrap_or_else(ferry_client::new_message_id);
-        sqlx::query(&dialect.insert_row())
-            .bind(id.clone())
-            .bind(message.topic.clone())
-            .bind(message.tag.clone())
-            .bind(message.keys_json())
-            .bind(message.properties_json())
-            .bind(message.message_group.clone())
-            .bind(message.effective_ordering_key().map(str::to_string))
-            .bind(message.deliver_at_ms)
-            .bind(message.body.to_vec())
-            .execute(&mut **tx)
-            .await?;
-        self.metrics.enqueued.fetch_add(1, Ordering::Relaxed);
-        Ok(id)
+        let ids: Vec<String> = messages
+            .iter()
+            .map(|m| {
+                m.message_id
+                    .clone()
+                    .unwrap_or_else(ferry_client::new_message_id)
+            })
+            .collect();
+        for (chunk, chunk_ids) in messages
+            .chunks(MAX_ROWS_PER_INSERT)
+            .zip(ids.chunks(MAX_ROWS_PER_INSERT))
+        {
+            let sql = dialect.insert_rows(chunk.len());
+            let mut q = sqlx::query(&sql);
+            for (m, id) in chunk.iter().zip(chunk_ids) {
+                q = q
+                    .bind(id.clone())
+                    .bind(m.topic.clone())
+                    .bind(m.tag.clone())
+                    .bind(m.keys_json())
+                    .bind(m.properties_json())
+                    .bind(m.message_group.clone())
+                    .bind(m.effective_ordering_key().map(str::to_string))
+                    .bind(m.deliver_at_ms)
+                    .bind(m.body.to_vec());
+            }
+            q.execute(&mut **tx).await?;
+        }
+        self.metrics
+            .enqueued
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        Ok(ids)
     }
 }

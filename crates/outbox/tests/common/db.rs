@@ -270,10 +270,11 @@ where
     for<'r> i64: sqlx::Decode<'r, DB> + Type<DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
 {
-    let mut ids = Vec::new();
-    for m in messages {
-        ids.push(outbox.enqueue(&mut tx, m).await?);
-    }
+    // One message through `enqueue`, several through `enqueue_batch`.
+    let ids = match messages {
+        [one] => vec![outbox.enqueue(&mut tx, one).await?],
+        many => outbox.enqueue_batch(&mut tx, many).await?,
+    };
     tokio::time::sleep(hold).await;
     let mut n = None;
     if let Some(k) = counter {

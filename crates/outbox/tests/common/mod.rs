@@ -451,7 +451,20 @@ pub async fn bad_input_writes_nothing(db: &TestDb) {
         .unwrap_err()
         .to_string();
     assert!(e.contains("over the limit of 16"), "{e}");
+    // A batch with one bad message writes none of them.
+    let batch = [
+        OutboxMessage::new("orders", "fine").ordered_by("k"),
+        OutboxMessage::new("orders", "fine too"),
+        OutboxMessage::new("orders", "bad").with_tag("a|b"),
+    ];
+    let e = db
+        .write(&outbox, &batch, None, Duration::ZERO, true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'|'"), "{e}");
     assert_eq!(db.count("SELECT COUNT(*) FROM ferry_outbox").await, 0);
+    assert_eq!(db.count("SELECT COUNT(*) FROM ferry_outbox_keys").await, 0);
 }
 
 /// Each message delivered up to three times, concurrently, plus handler
