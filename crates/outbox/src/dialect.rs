@@ -5,7 +5,7 @@
 use crate::error::OutboxError;
 
 /// Values bound per inserted outbox row.
-pub const INSERT_BINDS: usize = 9;
+pub const INSERT_BINDS: usize = 10;
 
 /// Which SQL the database speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl Dialect {
     pub fn insert_rows(self, rows: usize) -> String {
         assert!(rows > 0, "an insert needs at least one row");
         let cols = "message_id, topic, tag, keys_json, properties_json, message_group, \
-                    ordering_key, deliver_at_ms, body, created_ms, state, attempts";
+                    ordering_key, key_slot, deliver_at_ms, body, created_ms, state, attempts";
         let now = self.now_ms();
         let values: Vec<String> = (0..rows)
             .map(|r| {
@@ -178,9 +178,9 @@ mod tests {
     fn placeholders_follow_the_dialect() {
         assert_eq!(Dialect::Postgres.in_list(3, 2), "($3, $4)");
         assert_eq!(Dialect::MySql.in_list(3, 2), "(?, ?)");
-        assert!(Dialect::Postgres.insert_rows(1).contains("$9"));
-        assert!(Dialect::Postgres.insert_rows(2).contains("($10, $11"));
-        assert_eq!(Dialect::Sqlite.insert_rows(3).matches('?').count(), 27);
+        assert!(Dialect::Postgres.insert_rows(1).contains("$10"));
+        assert!(Dialect::Postgres.insert_rows(2).contains("($11, $12"));
+        assert_eq!(Dialect::Sqlite.insert_rows(3).matches('?').count(), 30);
     }
 
     #[test]

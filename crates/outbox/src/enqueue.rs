@@ -13,7 +13,17 @@ use crate::error::Result;
 use crate::message::{limits, OutboxMessage};
 use crate::metrics::OutboxMetrics;
 
-/// Rows per multi-row insert: 9 binds each keeps a statement well under
+/// Slots ordering keys hash into. A relay's workers split the slots
+/// between them, so each works on keys no other worker of it touches.
+pub const KEY_SLOTS: u32 = 1024;
+
+/// The slot of an ordering key: stable across processes and releases
+/// (CRC-32 of the key's bytes).
+pub fn key_slot(key: &str) -> i64 {
+    i64::from(crc32fast::hash(key.as_bytes()) % KEY_SLOTS)
+}
+
+/// Rows per multi-row insert: 10 binds each keeps a statement well under
 /// every database's bind limit (SQLite's is the lowest, 32 766).
 pub const MAX_ROWS_PER_INSERT: usize = 500;
 
@@ -138,6 +148,7 @@ impl Outbox {
                     .bind(m.properties_json())
                     .bind(m.message_group.clone())
                     .bind(m.effective_ordering_key().map(str::to_string))
+                    .bind(m.effective_ordering_key().map(key_slot))
                     .bind(m.deliver_at_ms)
                     .bind(m.body.to_vec());
             }

@@ -198,7 +198,12 @@ impl<P: Publisher> Worker<P> {
             }
             let claim = self
                 .store
-                .claim(&self.config.owner, self.config.batch, self.config.lease)
+                .claim(
+                    &self.config.owner,
+                    self.config.batch,
+                    self.config.lease,
+                    Some((n as u32, self.config.workers as u32)),
+                )
                 .await;
             let claim = match claim {
                 Ok(c) => {

@@ -103,17 +103,36 @@ impl Store {
     /// concurrent claim, and rows of a key whose earlier row is held
     /// elsewhere are left alone. Never a cursor: a row that commits late
     /// is pending like any other and is found by the next claim.
-    pub async fn claim(&self, owner: &str, max: usize, lease: Duration) -> Result<Claim> {
+    ///
+    /// `share` = `(n, of)`: take only keyed rows whose key slot is `n`
+    /// modulo `of` (unkeyed rows are anyone's). A relay's workers pass
+    /// their index and count, so they hold disjoint keys and do not block
+    /// each other's keys; without it, one claim spanning every key would
+    /// leave the other workers nothing they may publish.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        max: usize,
+        lease: Duration,
+        share: Option<(u32, u32)>,
+    ) -> Result<Claim> {
         assert!(
             (1..=MAX_CLAIM).contains(&max),
             "claim size {max} out of 1..={MAX_CLAIM}"
         );
         let d = self.dialect;
+        let slots = match share {
+            Some((n, of)) if of > 1 => {
+                assert!(n < of, "worker {n} of {of}");
+                format!(" AND (ordering_key IS NULL OR key_slot % {of} = {n})")
+            }
+            _ => String::new(),
+        };
         let mut tx = ManualTx::begin(&self.pool, d).await?;
         let now = d.now_ms();
         let select = format!(
             "SELECT {CLAIM_COLUMNS}, {now} - created_ms AS age_ms FROM ferry_outbox \
-             WHERE state = {} AND (lease_until_ms IS NULL OR lease_until_ms <= {now}) \
+             WHERE state = {} AND (lease_until_ms IS NULL OR lease_until_ms <= {now}){slots} \
              ORDER BY id LIMIT {}{}",
             schema::PENDING,
             d.ph(1),

@@ -595,6 +595,50 @@ pub async fn gauges_report_pending_rows(db: &TestDb) {
     assert_eq!(s.failed, 0);
 }
 
+/// A relay's workers split keyed rows by key slot: two shares claim
+/// disjoint keys that together cover all, and either takes unkeyed rows.
+pub async fn worker_shares_split_keys(db: &TestDb) {
+    let outbox = Outbox::new();
+    let mut messages: Vec<OutboxMessage> = (0..40)
+        .map(|i| OutboxMessage::new("orders", format!("{i}")).ordered_by(format!("k{}", i % 20)))
+        .collect();
+    messages.extend((0..10).map(|i| OutboxMessage::new("orders", format!("plain {i}"))));
+    db.write(&outbox, &messages, None, Duration::ZERO, true)
+        .await
+        .unwrap();
+    let store = db.store().await;
+    let lease = Duration::from_secs(30);
+    let a = store.claim("a", 5, lease, Some((0, 2))).await.unwrap().rows;
+    let b = store.claim("b", 5, lease, Some((1, 2))).await.unwrap().rows;
+    // Held rows block later rows of their keys until they are settled.
+    let held: Vec<i64> = a.iter().chain(&b).map(|r| r.id).collect();
+    store.mark_sent(&held).await.unwrap();
+    let a_rest = store
+        .claim("a", 100, lease, Some((0, 2)))
+        .await
+        .unwrap()
+        .rows;
+    let b_rest = store
+        .claim("b", 100, lease, Some((1, 2)))
+        .await
+        .unwrap()
+        .rows;
+    let keys = |rows: &[PendingMessage]| -> HashSet<String> {
+        rows.iter().filter_map(|r| r.ordering_key.clone()).collect()
+    };
+    let (ka, kb) = (
+        keys(&[a.clone(), a_rest.clone()].concat()),
+        keys(&[b.clone(), b_rest.clone()].concat()),
+    );
+    assert!(ka.is_disjoint(&kb), "{ka:?} {kb:?}");
+    assert_eq!(ka.len() + kb.len(), 20);
+    for k in &ka {
+        assert_eq!(ferry_outbox::key_slot(k) % 2, 0);
+    }
+    let all = a.len() + b.len() + a_rest.len() + b_rest.len();
+    assert_eq!(all, 50, "every row claimed once");
+}
+
 /// Every scenario, in turn, each on a fresh database.
 #[macro_export]
 macro_rules! scenarios {
@@ -645,6 +689,12 @@ macro_rules! scenarios {
         async fn cleanup_deletes_in_batches() {
             let db = $make().await;
             common::cleanup_deletes_in_batches(&db).await;
+            db.drop_database().await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn worker_shares_split_keys() {
+            let db = $make().await;
+            common::worker_shares_split_keys(&db).await;
             db.drop_database().await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
