@@ -174,6 +174,15 @@ impl Janitor {
     }
 }
 
+impl Drop for Janitor {
+    /// A janitor dropped without `shutdown` stops too, at its next await.
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
 impl From<Arc<RelayMetrics>> for Counts {
     fn from(m: Arc<RelayMetrics>) -> Self {
         Counts::Relay(m)

@@ -8,6 +8,7 @@
 //! and mark, or a lease that ran out mid-publish), so the duplicates after
 //! a crash are at most the rows that relay held: `workers × batch`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -296,29 +297,42 @@ impl<P: Publisher> Worker<P> {
                 }
             }
         }
+        // Rows of one failed batch share their error and usually their
+        // attempt count: one statement per (decision, error), not per row.
+        let mut retry: BTreeMap<(Duration, String), Vec<i64>> = BTreeMap::new();
+        let mut park: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for (row, err) in &out.failed {
             m.publish_failures.fetch_add(1, Ordering::Relaxed);
-            let decision = plan::after_failure(
+            match plan::after_failure(
                 row.attempts,
                 err.retryable,
                 c.max_attempts,
                 c.retry_base,
                 c.retry_max,
-            );
-            let done = match decision {
+            ) {
                 AfterFailure::RetryIn(d) => {
                     debug!(id = row.id, attempts = row.attempts, error = %err, delay = ?d, "publish failed");
-                    self.store.retry_later(&[row.id], d, &err.message).await
+                    retry
+                        .entry((d, err.message.clone()))
+                        .or_default()
+                        .push(row.id);
                 }
                 AfterFailure::Park => {
                     warn!(id = row.id, message_id = %row.message_id, attempts = row.attempts,
                         error = %err, "publish failed for good; row parked as failed");
                     m.parked.fetch_add(1, Ordering::Relaxed);
-                    self.store.park(&[row.id], &err.message).await
+                    park.entry(err.message.clone()).or_default().push(row.id);
                 }
-            };
-            if let Err(e) = done {
-                warn!(id = row.id, error = %e, "could not record a failed publish; the lease will expire");
+            }
+        }
+        for ((delay, error), ids) in retry {
+            if let Err(e) = self.store.retry_later(&ids, delay, &error).await {
+                warn!(rows = ids.len(), error = %e, "could not record a failed publish; the lease will expire");
+            }
+        }
+        for (error, ids) in park {
+            if let Err(e) = self.store.park(&ids, &error).await {
+                warn!(rows = ids.len(), error = %e, "could not park rows; the lease will expire");
             }
         }
         if !out.untried.is_empty() {
