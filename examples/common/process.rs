@@ -2,18 +2,30 @@
 //! child processes themselves — this same executable started with a role
 //! subcommand, killed with SIGKILL, started again.
 
-use std::ffi::OsString;
-use std::process::{Child, Command};
+// Included by each demo, which uses its own part of it.
+#![allow(dead_code)]
 
-/// Logs to stderr at `warn`, or as `FERRY_LOG` says.
+use std::ffi::OsString;
+use std::process::{Child, Command, ExitStatus};
+
+/// Logs to stderr at `warn` (sqlx's slow-statement notes left out), or as
+/// `FERRY_LOG` says.
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx::query=error")),
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Kills this process with SIGKILL: no destructors, no flush — a crash.
+pub fn kill_self() -> ! {
+    let _ = Command::new("kill")
+        .args(["-9", &std::process::id().to_string()])
+        .status();
+    std::process::abort()
 }
 
 /// One service run as a child process: `<this exe> <base> <args>`.
@@ -49,6 +61,14 @@ impl Service {
     /// on its own, though: see [`Service::revive`]).
     pub fn started(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// How it ended, if it has: `None` while running or when not started.
+    pub fn exit_status(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait(),
+            None => Ok(None),
+        }
     }
 
     /// SIGKILL: no destructors, no flush — a crash. Waits for the process.

@@ -31,10 +31,11 @@ mod stock;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+pub use process::kill_self;
 use process::Service;
 use random::Random;
 
@@ -120,14 +121,6 @@ pub fn orders_db(dir: &Path) -> PathBuf {
 
 pub fn stock_db(dir: &Path) -> PathBuf {
     dir.join("stock.db")
-}
-
-/// Kills this process with SIGKILL: no destructors, no flush — a crash.
-pub fn kill_self() -> ! {
-    let _ = Command::new("kill")
-        .args(["-9", &std::process::id().to_string()])
-        .status();
-    std::process::abort()
 }
 
 fn main() -> ExitCode {

@@ -21,7 +21,11 @@
 //!   (`--kills` in all, spread over the three kinds) and restarts it, lets
 //!   everything drain once the orders are placed, and checks that every
 //!   committed order was taken off the stock exactly once, no rolled-back
-//!   one ever, and nothing is left pending in the outbox.
+//!   one ever, and nothing is left pending in the outbox. On top of that
+//!   (`--crash`, 0 to turn off), the relays and the stock service now and
+//!   then kill themselves at their most dangerous moment — published but
+//!   not marked sent; committed but not acked — which a kill from outside
+//!   rarely hits: those are what the inbox's duplicates come from.
 //!
 //! Needs PostgreSQL and MariaDB (or MySQL 8) reachable at `--pg` and
 //! `--mysql`; each run creates (and, when consistent, drops) its own
@@ -42,6 +46,7 @@ mod report;
 mod stock;
 
 use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -89,6 +94,9 @@ struct Cli {
     /// Broker gRPC address
     #[arg(long, global = true, default_value = "127.0.0.1:8081")]
     server: String,
+    /// Run id: names the topic, the group and the databases (the demo picks one)
+    #[arg(long, global = true, default_value = "0")]
+    run: String,
     /// PostgreSQL server (the order service's database is created on it)
     #[arg(
         long,
@@ -103,9 +111,6 @@ struct Cli {
         default_value = "mysql://root@127.0.0.1:3306/test"
     )]
     mysql: String,
-    /// Run id: names the topic, the group and the databases (the demo picks one)
-    #[arg(long, global = true, default_value = "0")]
-    run: String,
     #[command(subcommand)]
     command: Role,
 }
@@ -129,6 +134,12 @@ enum Role {
         /// Keep the run's databases even when the run is consistent
         #[arg(long)]
         keep: bool,
+        /// Chance that a relay or the stock service kills itself at its
+        /// most dangerous point — a relay after publishing a batch, before
+        /// marking it sent; the stock service after a commit, before the
+        /// ack — on top of the driver's kills (0: the driver's only)
+        #[arg(long, default_value_t = 0.02)]
+        crash: f64,
     },
     /// The order service (started by the demo)
     Orders {
@@ -145,9 +156,16 @@ enum Role {
         /// Names its leases
         #[arg(long)]
         name: String,
+        /// Chance of dying after each publish, before marking it sent
+        #[arg(long, default_value_t = 0.0)]
+        crash: f64,
     },
     /// The stock service (started by the demo)
-    Stock,
+    Stock {
+        /// Chance of dying after each commit, before the ack
+        #[arg(long, default_value_t = 0.0)]
+        crash: f64,
+    },
     /// Print the end state of run `--run` and check it
     Check,
 }
@@ -167,6 +185,7 @@ async fn main() -> ExitCode {
             seed,
             settle_secs,
             keep,
+            crash,
         } => {
             let plan = Plan {
                 orders: *orders,
@@ -174,6 +193,7 @@ async fn main() -> ExitCode {
                 seed: seed.unwrap_or_else(random::seed_from_clock),
                 settle: Duration::from_secs(*settle_secs),
                 keep: *keep,
+                crash: *crash,
             };
             demo(&cli, plan).await
         }
@@ -185,8 +205,10 @@ async fn main() -> ExitCode {
             let pace = Duration::from_millis(*pace_ms);
             orders::run(&urls.pg, &cli.run, *orders, *seed, pace).await
         }
-        Role::Relay { name } => relay::run(&cli.server, &urls.pg, &cli.run, name).await,
-        Role::Stock => stock::run(&cli.server, &urls.mysql, &cli.run).await,
+        Role::Relay { name, crash } => {
+            relay::run(&cli.server, &urls.pg, &cli.run, name, *crash).await
+        }
+        Role::Stock { crash } => stock::run(&cli.server, &urls.mysql, &cli.run, *crash).await,
         Role::Check => check(&urls).await,
     };
     outcome.map_or_else(
@@ -252,6 +274,7 @@ struct Plan {
     seed: u64,
     settle: Duration,
     keep: bool,
+    crash: f64,
 }
 
 /// Creates (`create`) or drops the run's database on both servers.
@@ -304,9 +327,11 @@ async fn demo(cli: &Cli, plan: Plan) -> Res<()> {
         mysql: run_url(&cli.mysql, &run),
     };
     println!(
-        "outbox order → stock demo: {} orders, {} kills, seed {} (topic {}, group {}, databases {})",
+        "outbox order → stock demo: {} orders, {} kills, self-kill chance {}, seed {} \
+         (topic {}, group {}, databases {})",
         plan.orders,
         plan.kills,
+        plan.crash,
         plan.seed,
         topic(&run),
         group(&run),
@@ -319,50 +344,20 @@ async fn demo(cli: &Cli, plan: Plan) -> Res<()> {
     let dbs = Dbs::open(&urls).await?;
 
     let mut rng = Random::new(plan.seed);
-    let base: Vec<OsString> = [
-        "--server",
-        cli.server.as_str(),
-        "--pg",
-        cli.pg.as_str(),
-        "--mysql",
-        cli.mysql.as_str(),
-        "--run",
-        run.as_str(),
-    ]
-    .into_iter()
-    .map(OsString::from)
-    .collect();
-    // Orders are paced to span the kills (about 1.6 s apart on average).
-    let pace_ms = (u64::from(plan.kills) * 1500 / u64::from(plan.orders.max(1))).min(200);
-    let order_args = vec![
-        "orders".to_string(),
-        "--orders".into(),
-        plan.orders.to_string(),
-        "--seed".into(),
-        rng.next().to_string(),
-        "--pace-ms".into(),
-        pace_ms.to_string(),
-    ];
-    let relay_args = |name: &str| vec!["relay".to_string(), "--name".into(), name.into()];
-    let mut services = [
-        Service::new("relay 1", &base, relay_args("relay-1")),
-        Service::new("relay 2", &base, relay_args("relay-2")),
-        Service::new("stock service", &base, vec!["stock".into()]),
-        Service::new("order service", &base, order_args),
-    ];
-    for s in &mut services {
+    let mut services = services(cli, &run, &plan, rng.next());
+    for s in services.iter_mut() {
         s.start()?;
     }
-    let mut kills = [0u32; 3];
-    let mut crashed = 0;
+    let mut tally = Tally::default();
     for (n, kind) in schedule(&mut rng, plan.kills).into_iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
+        tally.revive(&mut services)?;
         let victim = match kind {
             Kind::Relay => rng.below(2) as usize,
-            Kind::Stock => 2,
-            Kind::Orders => 3,
+            Kind::Stock => STOCK,
+            Kind::Orders => ORDERS,
         };
-        kills[kind as usize] += 1;
+        tally.kills[kind as usize] += 1;
         services[victim].kill();
         let progress = report::progress(&dbs).await?;
         println!(
@@ -375,7 +370,7 @@ async fn demo(cli: &Cli, plan: Plan) -> Res<()> {
         // Down for a moment: the other relay, the broker's redelivery and
         // the leases have to cope.
         tokio::time::sleep(Duration::from_millis(rng.below(1500))).await;
-        crashed += revive_all(&mut services)?;
+        tally.revive(&mut services)?;
     }
     let placed_at = loop {
         let p = report::progress(&dbs).await?;
@@ -385,7 +380,7 @@ async fn demo(cli: &Cli, plan: Plan) -> Res<()> {
         if began.elapsed() > plan.settle * 2 {
             return Err(format!("the order service did not finish: {p}").into());
         }
-        crashed += revive_all(&mut services)?;
+        tally.revive(&mut services)?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     println!(
@@ -393,10 +388,9 @@ async fn demo(cli: &Cli, plan: Plan) -> Res<()> {
         placed_at.as_secs_f64(),
         plan.orders
     );
-    let drain_start = Instant::now();
     let mut drained = false;
-    while drain_start.elapsed() < plan.settle {
-        crashed += revive_all(&mut services)?;
+    while began.elapsed() < placed_at + plan.settle {
+        tally.revive(&mut services)?;
         let p = report::progress(&dbs).await?;
         if p.pending == 0 && p.processed >= p.committed {
             drained = true;
@@ -409,22 +403,17 @@ async fn demo(cli: &Cli, plan: Plan) -> Res<()> {
     // service, a row a killed relay published but never marked — come
     // within a lease or an invisible duration: let them, so the check
     // counts them (and would see them applied twice).
-    tokio::time::sleep(relay::LEASE.max(stock::INVISIBLE) * 2).await;
-    for s in &mut services {
+    let grace = relay::LEASE.max(stock::INVISIBLE) * 2;
+    while began.elapsed() < drained_at + grace {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        tally.revive(&mut services)?;
+    }
+    for s in services.iter_mut() {
         s.kill();
     }
     let ok = report::check(&dbs).await?.print() && drained;
     dbs.close().await;
-    println!("\nkill -9: {} in all", kills.iter().sum::<u32>());
-    println!(
-        "  order service {}, relays {}, stock service {}",
-        kills[Kind::Orders as usize],
-        kills[Kind::Relay as usize],
-        kills[Kind::Stock as usize]
-    );
-    if crashed > 0 {
-        println!("  services that exited on their own and were restarted: {crashed}");
-    }
+    tally.print();
     println!(
         "time: {:.1}s in all; orders placed after {:.1}s, drained {:.1}s later",
         began.elapsed().as_secs_f64(),
@@ -451,16 +440,112 @@ async fn demo(cli: &Cli, plan: Plan) -> Res<()> {
     }
 }
 
-/// Starts every service that is not running; how many had died on their
-/// own (not killed by the driver).
-fn revive_all(services: &mut [Service]) -> Res<u32> {
-    let mut crashed = 0;
-    for s in services {
-        let was_started = s.started();
-        if s.revive()? && was_started {
-            eprintln!("demo: the {} had exited; restarted it", s.name);
-            crashed += 1;
+/// Where each service sits in [`services`]' answer (the relays are 0, 1).
+const STOCK: usize = 2;
+const ORDERS: usize = 3;
+
+/// The child processes: two relays, the stock service, the order service.
+fn services(cli: &Cli, run: &str, plan: &Plan, order_seed: u64) -> [Service; 4] {
+    let base: Vec<OsString> = [
+        "--server",
+        cli.server.as_str(),
+        "--pg",
+        cli.pg.as_str(),
+        "--mysql",
+        cli.mysql.as_str(),
+        "--run",
+        run,
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    let crash = plan.crash.to_string();
+    let relay = |name: &str| -> Vec<String> {
+        vec![
+            "relay".into(),
+            "--name".into(),
+            name.into(),
+            "--crash".into(),
+            crash.clone(),
+        ]
+    };
+    // Orders are paced to span the kills (about 1.6 s apart on average).
+    let pace_ms = (u64::from(plan.kills) * 1500 / u64::from(plan.orders.max(1))).min(200);
+    let orders = [
+        "orders",
+        "--orders",
+        &plan.orders.to_string(),
+        "--seed",
+        &order_seed.to_string(),
+        "--pace-ms",
+        &pace_ms.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    [
+        Service::new("relay 1", &base, relay("relay-1")),
+        Service::new("relay 2", &base, relay("relay-2")),
+        Service::new(
+            "stock service",
+            &base,
+            vec!["stock".into(), "--crash".into(), crash.clone()],
+        ),
+        Service::new("order service", &base, orders),
+    ]
+}
+
+/// Kills and deaths, by kind.
+#[derive(Default)]
+struct Tally {
+    /// The driver's, indexed by [`Kind`].
+    kills: [u32; 3],
+    /// Self-kills at the dangerous points.
+    relay_self_kills: u32,
+    stock_self_kills: u32,
+    /// Exits for any other reason (an error; see the service's stderr).
+    other_exits: u32,
+}
+
+impl Tally {
+    /// Starts every service that is not running, noting why it was not.
+    fn revive(&mut self, services: &mut [Service; 4]) -> Res<()> {
+        for (i, s) in services.iter_mut().enumerate() {
+            let status = s.exit_status()?;
+            if !s.revive()? {
+                continue;
+            }
+            // Not started, or killed by the driver: nothing to note.
+            let Some(status) = status else { continue };
+            match status.signal() {
+                Some(9) if i == STOCK => self.stock_self_kills += 1,
+                Some(9) if i != ORDERS => self.relay_self_kills += 1,
+                _ => {
+                    self.other_exits += 1;
+                    eprintln!("demo: the {} exited ({status}); restarted it", s.name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn print(&self) {
+        let k = &self.kills;
+        println!(
+            "\nkill -9 by the driver: {} (order service {}, relays {}, stock service {})",
+            k.iter().sum::<u32>(),
+            k[Kind::Orders as usize],
+            k[Kind::Relay as usize],
+            k[Kind::Stock as usize]
+        );
+        println!(
+            "kill -9 by the services themselves: {} (relays after publishing, before marking \
+             sent: {}; stock service after committing, before acking: {})",
+            self.relay_self_kills + self.stock_self_kills,
+            self.relay_self_kills,
+            self.stock_self_kills
+        );
+        if self.other_exits > 0 {
+            println!("other exits, restarted: {}", self.other_exits);
         }
     }
-    Ok(crashed)
 }

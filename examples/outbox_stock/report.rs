@@ -77,24 +77,13 @@ pub struct Report {
     problems: Vec<String>,
 }
 
-async fn orders_pg(dbs: &Dbs) -> Res<BTreeMap<String, Order>> {
-    let rows = sqlx::query("SELECT order_id, message_id, item, qty FROM orders")
-        .fetch_all(&dbs.pg)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
-        .collect())
-}
+/// The columns both sides keep of an order.
+const ORDER_COLUMNS: &str = "SELECT order_id, message_id, item, qty FROM";
 
-async fn orders_my(dbs: &Dbs) -> Res<BTreeMap<String, Order>> {
-    let rows = sqlx::query("SELECT order_id, message_id, item, qty FROM processed")
-        .fetch_all(&dbs.my)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
-        .collect())
+fn by_order(rows: Vec<(String, String, String, i64)>) -> BTreeMap<String, Order> {
+    rows.into_iter()
+        .map(|(id, message_id, item, qty)| (id, (message_id, item, qty)))
+        .collect()
 }
 
 pub async fn check(dbs: &Dbs) -> Res<Report> {
@@ -115,9 +104,17 @@ pub async fn check(dbs: &Dbs) -> Res<Report> {
         .fetch_one(&dbs.my)
         .await?;
     let mut report = Report {
-        committed: orders_pg(dbs).await?,
+        committed: by_order(
+            sqlx::query_as(&format!("{ORDER_COLUMNS} orders"))
+                .fetch_all(&dbs.pg)
+                .await?,
+        ),
         rolled_back,
-        processed: orders_my(dbs).await?,
+        processed: by_order(
+            sqlx::query_as(&format!("{ORDER_COLUMNS} processed"))
+                .fetch_all(&dbs.my)
+                .await?,
+        ),
         processed_rows: count_my(dbs, "SELECT COUNT(*) FROM processed").await?,
         stock,
         inbox_rows: inbox_rows as u64,

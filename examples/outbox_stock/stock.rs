@@ -2,6 +2,7 @@
 //! the stock change and the processed-order row commit together, so a
 //! message delivered twice changes the stock once.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_client::{ClientConfig, ConsumeResult, FilterExpression, PushConsumer, ReceivedMessage};
@@ -9,6 +10,8 @@ use ferry_outbox::{Inbox, OutboxError, Processed};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
 use crate::orders::ITEMS;
+use crate::process::kill_self;
+use crate::random::{seed_from_clock, Random};
 use crate::{group, topic, Res};
 
 /// The inbox's consumer name: ids are remembered per consumer.
@@ -37,13 +40,13 @@ pub async fn init(url: &str) -> Res<()> {
     ] {
         sqlx::query(ddl).execute(&pool).await?;
     }
-    for (item, qty) in ITEMS {
-        sqlx::query("INSERT INTO stock (item, qty) VALUES (?, ?)")
-            .bind(item)
-            .bind(qty)
-            .execute(&pool)
-            .await?;
-    }
+    sqlx::QueryBuilder::new("INSERT INTO stock (item, qty) ")
+        .push_values(ITEMS, |mut row, (item, qty)| {
+            row.push_bind(item).push_bind(qty);
+        })
+        .build()
+        .execute(&pool)
+        .await?;
     pool.close().await;
     ferry_outbox::migrate(url).await?;
     Ok(())
@@ -77,8 +80,6 @@ async fn apply(
     m: &ReceivedMessage,
     order: Order,
 ) -> Result<Processed<()>, OutboxError> {
-    // The handler owns what it uses: its future may live as long as `tx`.
-    let message_id = m.message_id.clone();
     let mut tx = pool.begin().await?;
     let outcome = inbox
         .process_once(&mut tx, CONSUMER, &m.message_id, |tx| {
@@ -92,7 +93,7 @@ async fn apply(
                     "INSERT INTO processed (order_id, message_id, item, qty) VALUES (?, ?, ?, ?)",
                 )
                 .bind(&order.order_id)
-                .bind(&message_id)
+                .bind(&m.message_id)
                 .bind(&order.item)
                 .bind(order.qty)
                 .execute(&mut **tx)
@@ -141,19 +142,31 @@ async fn handle(pool: &MySqlPool, inbox: &Inbox, m: &ReceivedMessage) -> Consume
     }
 }
 
-pub async fn run(server: &str, url: &str, run: &str) -> Res<()> {
+/// `crash`: the chance of dying after a commit, before its ack — the
+/// message comes again and the inbox must recognise it.
+pub async fn run(server: &str, url: &str, run: &str, crash: f64) -> Res<()> {
     let pool = MySqlPoolOptions::new()
         .max_connections(6)
         .connect(url)
         .await?;
     let inbox = Inbox::new();
+    let rng = Arc::new(Mutex::new(Random::new(
+        seed_from_clock() ^ u64::from(std::process::id()),
+    )));
     let consumer = PushConsumer::builder(ClientConfig::new(server), group(run))
         .subscribe(topic(run), FilterExpression::all())
         .invisible_duration(INVISIBLE)
         .max_concurrency(6)
         .start(move |m: ReceivedMessage| {
-            let (pool, inbox) = (pool.clone(), inbox.clone());
-            async move { handle(&pool, &inbox, &m).await }
+            let (pool, inbox, rng) = (pool.clone(), inbox.clone(), rng.clone());
+            async move {
+                let result = handle(&pool, &inbox, &m).await;
+                if result == ConsumeResult::Success && rng.lock().is_ok_and(|mut r| r.chance(crash))
+                {
+                    kill_self(); // committed, not acked
+                }
+                result
+            }
         })
         .await?;
     // The demo kills it; run by hand, Ctrl-C stops it cleanly.

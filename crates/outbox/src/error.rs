@@ -16,12 +16,16 @@ pub enum OutboxError {
 }
 
 impl OutboxError {
-    /// A transient conflict the database resolved by aborting this
-    /// transaction (deadlock, serialization failure, lock wait timeout):
-    /// roll back and run the whole transaction again.
+    /// Transient: a conflict the database resolved by aborting this
+    /// transaction (deadlock, serialization failure, lock wait timeout),
+    /// or the connection failing (I/O error, no pooled connection in
+    /// time). Roll back and run the whole transaction again; a refused
+    /// statement or bad input is not retryable.
     pub fn is_retryable(&self) -> bool {
-        let OutboxError::Database(sqlx::Error::Database(e)) = self else {
-            return false;
+        let e = match self {
+            OutboxError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => return true,
+            OutboxError::Database(sqlx::Error::Database(e)) => e,
+            _ => return false,
         };
         // MySQL: deadlock 1213, lock wait timeout 1205 (SQLSTATE HY000,
         // too general to match on).

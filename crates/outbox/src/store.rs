@@ -62,6 +62,14 @@ impl Store {
     /// Connects (`postgres://`, `mysql://`, `mariadb://` or `sqlite://`)
     /// and brings the schema up to date.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        let store = Store::open(url, max_connections).await?;
+        schema::apply(&store.pool, store.dialect).await?;
+        Ok(store)
+    }
+
+    /// Connects without touching the schema: for a monitoring account
+    /// that may read but not create tables.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Store> {
         let dialect = Dialect::from_url(url)?;
         sqlx::any::install_default_drivers();
         let url = match dialect {
@@ -86,7 +94,6 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        schema::apply(&pool, dialect).await?;
         Ok(Store { pool, dialect })
     }
 
