@@ -59,8 +59,8 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             owner: default_owner(),
-            workers: 2,
-            batch: 500,
+            workers: 4,
+            batch: 1000,
             publish_concurrency: 16,
             lease: Duration::from_secs(30),
             idle_poll: Duration::from_millis(100),
@@ -197,6 +197,7 @@ impl<P: Publisher> Worker<P> {
             if *self.stopped.borrow() {
                 break;
             }
+            let started = Instant::now();
             let claim = self
                 .store
                 .claim(
@@ -228,10 +229,21 @@ impl<P: Publisher> Worker<P> {
                 .fetch_add(claim.rows.len() as u64, Ordering::Relaxed);
             m.reclaimed
                 .fetch_add(claim.reclaimed as u64, Ordering::Relaxed);
-            debug!(worker = n, rows = claim.rows.len(), "claimed");
+            let rows = claim.rows.len();
             let lanes = plan::lanes(claim.rows, self.publisher.max_batch().max(1));
+            let lane_count = lanes.len();
             let outcome = self.publish(lanes, claimed_at).await;
+            let published_at = Instant::now();
             self.settle(outcome, claimed_at).await;
+            debug!(
+                worker = n,
+                rows,
+                lanes = lane_count,
+                claim_ms = claimed_at.duration_since(started).as_millis() as u64,
+                publish_ms = published_at.duration_since(claimed_at).as_millis() as u64,
+                settle_ms = published_at.elapsed().as_millis() as u64,
+                "claim settled"
+            );
         }
     }
 

@@ -55,10 +55,10 @@ enum OutboxCommand {
 #[derive(Debug, Args)]
 struct RelayArgs {
     /// Claim loops (each holds one claim of --batch rows in flight)
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     workers: usize,
     /// Rows per claim
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1000)]
     batch: usize,
     /// Publish calls in flight per worker
     #[arg(long, default_value_t = 16)]
