@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ferry_client::Message;
 use ferry_outbox::{Outbox, OutboxMessage};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -65,11 +66,13 @@ async fn attempted(pool: &PgPool, order_id: &str) -> Res<bool> {
 /// commit — or roll back both when the order fails.
 async fn place(pool: &PgPool, outbox: &Outbox, run: &str, seed: u64, i: u32) -> Res<()> {
     let (order_id, item, qty, fails) = order(seed, i);
-    let message = OutboxMessage::new(topic(run), format!("{order_id}: {qty} × {item}"))
-        .with_key(order_id.clone())
-        .with_tag("created")
-        .with_property("item", item)
-        .with_property("qty", qty.to_string());
+    let message = OutboxMessage::from(
+        Message::new(topic(run), format!("{order_id}: {qty} × {item}"))
+            .with_key(order_id.clone())
+            .with_tag("created")
+            .with_property("item", item)
+            .with_property("qty", qty.to_string()),
+    );
     let mut tx = pool.begin().await?;
     let message_id = outbox.enqueue(&mut tx, &message).await?;
     sqlx::query("INSERT INTO orders (order_id, message_id, item, qty) VALUES ($1, $2, $3, $4)")

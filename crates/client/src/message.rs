@@ -108,8 +108,10 @@ impl Message {
         }
     }
 
-    /// Checks what the client can check before the broker sees it.
-    pub(crate) fn check(&self, max_body: usize) -> Result<(), ClientError> {
+    /// Checks what can be checked before a broker sees it (`max_body` 0:
+    /// no size limit). A producer runs it on every send; an outbox runs it
+    /// before storing a message for later.
+    pub fn check(&self, max_body: usize) -> Result<(), ClientError> {
         let bad = |why: String| {
             Err(ClientError::Invalid {
                 what: "message",

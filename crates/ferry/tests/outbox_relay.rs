@@ -45,8 +45,10 @@ where
     for chunk in 0..total / 20 {
         let messages = (0..20)
             .map(|i| {
-                OutboxMessage::new("relay-kill", format!("{chunk}-{i}"))
-                    .with_key(format!("k{chunk}"))
+                OutboxMessage::from(
+                    ferry_client::Message::new("relay-kill", format!("{chunk}-{i}"))
+                        .with_key(format!("k{chunk}")),
+                )
             })
             .collect();
         ids.extend(write_tx(messages).await);

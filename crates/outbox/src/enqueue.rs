@@ -128,7 +128,8 @@ impl Outbox {
         let ids: Vec<String> = messages
             .iter()
             .map(|m| {
-                m.message_id
+                m.message
+                    .message_id
                     .clone()
                     .unwrap_or_else(ferry_client::new_message_id)
             })
@@ -142,15 +143,15 @@ impl Outbox {
             for (m, id) in chunk.iter().zip(chunk_ids) {
                 q = q
                     .bind(id.clone())
-                    .bind(m.topic.clone())
-                    .bind(m.tag.clone())
+                    .bind(m.message.topic.clone())
+                    .bind(m.message.tag.clone())
                     .bind(m.keys_json())
                     .bind(m.properties_json())
-                    .bind(m.message_group.clone())
+                    .bind(m.message.message_group.clone())
                     .bind(m.effective_ordering_key().map(str::to_string))
                     .bind(m.effective_ordering_key().map(key_slot))
-                    .bind(m.deliver_at_ms)
-                    .bind(m.body.to_vec());
+                    .bind(m.deliver_at_ms())
+                    .bind(m.message.body.to_vec());
             }
             q.execute(&mut **tx).await?;
         }

@@ -23,7 +23,8 @@
 //! let outbox = Outbox::new();
 //! let mut tx = pg.begin().await?;
 //! sqlx::query("INSERT INTO orders (id) VALUES (42)").execute(&mut *tx).await?;
-//! outbox.enqueue(&mut tx, &OutboxMessage::new("orders", "order 42").with_key("42")).await?;
+//! let message = ferry_client::Message::new("orders", "order 42").with_key("42");
+//! outbox.enqueue(&mut tx, &OutboxMessage::from(message).ordered_by("customer-7")).await?;
 //! tx.commit().await?;
 //!
 //! // On the consumer, for a received message `id`:

@@ -91,10 +91,8 @@ impl Publisher for FerryPublisher {
     }
 
     async fn publish(&self, batch: &[PendingMessage]) -> Result<(), PublishError> {
-        let messages: Vec<_> = batch
-            .iter()
-            .map(PendingMessage::to_client_message)
-            .collect();
+        // The stored message as it was enqueued, its id the row's.
+        let messages: Vec<_> = batch.iter().map(|p| p.message.clone()).collect();
         let sent = match messages.len() {
             1 => self
                 .producer

@@ -330,7 +330,7 @@ impl<P: Publisher> Worker<P> {
                         .push(row.id);
                 }
                 AfterFailure::Park => {
-                    warn!(id = row.id, message_id = %row.message_id, attempts = row.attempts,
+                    warn!(id = row.id, message_id = %row.message_id(), attempts = row.attempts,
                         error = %err, "publish failed for good; row parked as failed");
                     m.parked.fetch_add(1, Ordering::Relaxed);
                     park.entry(err.message.clone()).or_default().push(row.id);

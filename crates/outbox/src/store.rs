@@ -489,17 +489,23 @@ fn text(row: &AnyRow, column: &str) -> Result<Option<String>> {
 fn decode(row: &AnyRow) -> Result<PendingMessage> {
     let id: i64 = row.try_get("id")?;
     let attempts: i64 = row.try_get("attempts")?;
+    let body: Vec<u8> = row.try_get("body")?;
+    let mut message = ferry_client::Message::new(row.try_get::<String, _>("topic")?, body)
+        .with_message_id(row.try_get::<String, _>("message_id")?)
+        .with_keys(PendingMessage::parse_json::<Vec<String>>(
+            id,
+            "keys_json",
+            text(row, "keys_json")?,
+        )?);
+    message.tag = row.try_get("tag")?;
+    message.properties =
+        PendingMessage::parse_json(id, "properties_json", text(row, "properties_json")?)?;
+    message.message_group = row.try_get("message_group")?;
+    message.delivery_time = PendingMessage::delivery_time(row.try_get("deliver_at_ms")?);
     Ok(PendingMessage {
         id,
-        message_id: row.try_get("message_id")?,
-        topic: row.try_get("topic")?,
-        tag: row.try_get("tag")?,
-        keys: PendingMessage::parse_keys(id, text(row, "keys_json")?)?,
-        properties: PendingMessage::parse_properties(id, text(row, "properties_json")?)?,
-        message_group: row.try_get("message_group")?,
+        message,
         ordering_key: row.try_get("ordering_key")?,
-        deliver_at_ms: row.try_get("deliver_at_ms")?,
-        body: row.try_get::<Vec<u8>, _>("body")?.into(),
         created_ms: row.try_get("created_ms")?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         age_ms: row.try_get("age_ms")?,
