@@ -150,9 +150,42 @@ fn check(b: &Broker, url: &str, ids: &[String], got: &[String], kills: usize) {
     assert_eq!(v["failed"], 0, "{out}");
 }
 
+/// One transaction of `enqueue_batch` per call, on a native sqlx pool.
+macro_rules! writer {
+    ($pool:expr, $outbox:expr) => {
+        |messages: Vec<OutboxMessage>| {
+            let (pool, outbox) = ($pool.clone(), $outbox.clone());
+            async move {
+                let mut tx = pool.begin().await.unwrap();
+                let ids = outbox.enqueue_batch(&mut tx, &messages).await.unwrap();
+                tx.commit().await.unwrap();
+                ids
+            }
+        }
+    };
+}
+
+/// A broker, `total` messages written while relays are killed `kills`
+/// times, a consumer reading until all arrived, then the checks.
+async fn scenario<F, Fut>(url: &str, total: usize, kills: usize, write_tx: F)
+where
+    F: FnMut(Vec<OutboxMessage>) -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
+    let b = Broker::start(&[]);
+    let writer = write_all(total, write_tx);
+    let (ids, mut relays) = kill_loop(&b, url, kills, writer).await;
+    let want: HashSet<String> = ids.iter().cloned().collect();
+    let got = consume_until(&b, &want, Duration::from_secs(90)).await;
+    check(&b, url, &ids, &got, kills);
+    for r in &mut relays {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_kill9_loop_loses_nothing_sqlite() {
-    let b = Broker::start(&[]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.db");
     let url = format!("sqlite://{}?mode=rwc", path.display());
@@ -169,27 +202,7 @@ async fn relay_kill9_loop_loses_nothing_sqlite() {
         .unwrap();
     ferry_outbox::migrate(&url).await.unwrap();
     let outbox = Outbox::new();
-    let writer = write_all(1000, |messages| {
-        let (pool, outbox) = (pool.clone(), outbox.clone());
-        async move {
-            let mut tx = pool.begin().await.unwrap();
-            let mut ids = Vec::new();
-            for m in &messages {
-                ids.push(outbox.enqueue(&mut tx, m).await.unwrap());
-            }
-            tx.commit().await.unwrap();
-            ids
-        }
-    });
-    let kills = 8;
-    let (ids, mut relays) = kill_loop(&b, &url, kills, writer).await;
-    let want: HashSet<String> = ids.iter().cloned().collect();
-    let got = consume_until(&b, &want, Duration::from_secs(90)).await;
-    check(&b, &url, &ids, &got, kills);
-    for r in &mut relays {
-        let _ = r.kill();
-        let _ = r.wait();
-    }
+    scenario(&url, 1000, 8, writer!(pool, outbox)).await;
 }
 
 #[cfg(feature = "db-tests")]
@@ -218,29 +231,8 @@ async fn relay_kill9_loop_loses_nothing_postgres() {
     let url = format!("{}/{name}", &server[..server.rfind('/').unwrap()]);
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     ferry_outbox::migrate(&url).await.unwrap();
-    let b = Broker::start(&[]);
     let outbox = Outbox::new();
-    let writer = write_all(2000, |messages| {
-        let (pool, outbox) = (pool.clone(), outbox.clone());
-        async move {
-            let mut tx = pool.begin().await.unwrap();
-            let mut ids = Vec::new();
-            for m in &messages {
-                ids.push(outbox.enqueue(&mut tx, m).await.unwrap());
-            }
-            tx.commit().await.unwrap();
-            ids
-        }
-    });
-    let kills = 10;
-    let (ids, mut relays) = kill_loop(&b, &url, kills, writer).await;
-    let want: HashSet<String> = ids.iter().cloned().collect();
-    let got = consume_until(&b, &want, Duration::from_secs(90)).await;
-    check(&b, &url, &ids, &got, kills);
-    for r in &mut relays {
-        let _ = r.kill();
-        let _ = r.wait();
-    }
+    scenario(&url, 2000, 10, writer!(pool, outbox)).await;
     pool.close().await;
     admin
         .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
