@@ -268,3 +268,36 @@ fn outbox_commands_need_a_database_and_report_state() {
     assert!(ok);
     assert!(out.contains("deleted 0 sent rows"), "{out}");
 }
+
+#[cfg(feature = "db-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_kill9_loop_loses_nothing_mariadb() {
+    use sqlx::Connection as _;
+    use sqlx::Executor as _;
+    let server = std::env::var("FERRY_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let mut admin = sqlx::MySqlConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "MySQL/MariaDB is not reachable at {server}: {e}; start it or set FERRY_TEST_MYSQL_URL"
+            )
+        });
+    let name = format!("ferry_relay_kill_{}", std::process::id());
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        admin.execute(sql.as_str()).await.unwrap();
+    }
+    let url = format!("{}/{name}", &server[..server.rfind('/').unwrap()]);
+    let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
+    ferry_outbox::migrate(&url).await.unwrap();
+    let outbox = Outbox::new();
+    scenario(&url, 2000, 10, writer!(pool, outbox)).await;
+    pool.close().await;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+        .await
+        .unwrap();
+}
