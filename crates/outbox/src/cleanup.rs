@@ -1,7 +1,8 @@
 //! Deleting what is no longer needed: sent outbox rows after a grace
 //! period, idle per-key lock rows, inbox rows past the dedup window. Each
-//! statement deletes a bounded batch, so no lock is held long and writers
-//! never queue behind a cleanup.
+//! statement deletes a bounded batch, so no lock is held long. On
+//! PostgreSQL a cleanup skips rows a writer holds; on MySQL a writer of a
+//! key whose idle lock row is being deleted waits for that one statement.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

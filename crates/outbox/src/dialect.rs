@@ -32,13 +32,19 @@ impl Dialect {
         }
     }
 
-    /// From sqlx's `Database::NAME`.
-    pub fn from_driver_name(name: &str) -> Dialect {
+    /// From sqlx's `Database::NAME`. The caller's transaction must be a
+    /// native one: through sqlx's `Any` the database is not known here.
+    pub fn from_driver_name(name: &str) -> Result<Dialect, OutboxError> {
         match name {
-            "PostgreSQL" => Dialect::Postgres,
-            "MySQL" => Dialect::MySql,
-            "SQLite" => Dialect::Sqlite,
-            other => panic!("ferry-outbox supports PostgreSQL, MySQL and SQLite, not {other}"),
+            "PostgreSQL" => Ok(Dialect::Postgres),
+            "MySQL" => Ok(Dialect::MySql),
+            "SQLite" => Ok(Dialect::Sqlite),
+            other => Err(OutboxError::Invalid {
+                what: "database",
+                why: format!(
+                    "{other}: pass a PostgreSQL, MySQL or SQLite transaction (not sqlx::Any)"
+                ),
+            }),
         }
     }
 
@@ -63,7 +69,11 @@ impl Dialect {
     pub fn now_ms(self) -> &'static str {
         match self {
             Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-            Dialect::MySql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            // From UTC directly: UNIX_TIMESTAMP(NOW()) goes through the
+            // session time zone and repeats an hour when DST ends.
+            Dialect::MySql => {
+                "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)"
+            }
             Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
         }
     }
@@ -162,7 +172,15 @@ impl Dialect {
             Dialect::MySql => {
                 format!("DELETE FROM {table} WHERE {condition} ORDER BY {order} LIMIT {limit}")
             }
-            Dialect::Postgres | Dialect::Sqlite => format!(
+            // PostgreSQL: rows a writer holds (a key being locked) are
+            // stepped over, so a cleanup never waits on, or deadlocks with,
+            // a writer.
+            Dialect::Postgres => format!(
+                "DELETE FROM {table} WHERE {row} IN \
+                 (SELECT {columns} FROM {table} WHERE {condition} ORDER BY {order} LIMIT {limit} \
+                 FOR UPDATE SKIP LOCKED)"
+            ),
+            Dialect::Sqlite => format!(
                 "DELETE FROM {table} WHERE {row} IN \
                  (SELECT {columns} FROM {table} WHERE {condition} ORDER BY {order} LIMIT {limit})"
             ),

@@ -13,6 +13,27 @@ use crate::error::Result;
 use crate::message::{limits, OutboxMessage};
 use crate::metrics::OutboxMetrics;
 
+/// Bodies per multi-row insert, at most (a single larger body goes
+/// alone): under MariaDB's default 16 MiB `max_allowed_packet`.
+pub const MAX_INSERT_BYTES: usize = 8 * 1024 * 1024;
+
+/// Where the insert starting at `start` ends: at most
+/// [`MAX_ROWS_PER_INSERT`] rows and [`MAX_INSERT_BYTES`] of bodies, and
+/// always at least one row.
+fn insert_end(messages: &[OutboxMessage], start: usize) -> usize {
+    let mut bytes = 0;
+    let mut end = start;
+    while end < messages.len() && end - start < MAX_ROWS_PER_INSERT {
+        let len = messages[end].message.body.len();
+        if end > start && bytes + len > MAX_INSERT_BYTES {
+            break;
+        }
+        bytes += len;
+        end += 1;
+    }
+    end
+}
+
 /// Slots ordering keys hash into. A relay's workers split the slots
 /// between them, so each works on keys no other worker of it touches.
 pub const KEY_SLOTS: u32 = 1024;
@@ -113,7 +134,7 @@ impl Outbox {
         for m in messages {
             m.check(self.max_body)?;
         }
-        let dialect = Dialect::from_driver_name(DB::NAME);
+        let dialect = Dialect::from_driver_name(DB::NAME)?;
         let keys: BTreeSet<&str> = messages
             .iter()
             .filter_map(OutboxMessage::effective_ordering_key)
@@ -134,10 +155,10 @@ impl Outbox {
                     .unwrap_or_else(ferry_client::new_message_id)
             })
             .collect();
-        for (chunk, chunk_ids) in messages
-            .chunks(MAX_ROWS_PER_INSERT)
-            .zip(ids.chunks(MAX_ROWS_PER_INSERT))
-        {
+        let mut start = 0;
+        while start < messages.len() {
+            let end = insert_end(messages, start);
+            let (chunk, chunk_ids) = (&messages[start..end], &ids[start..end]);
             let sql = dialect.insert_rows(chunk.len());
             let mut q = sqlx::query(&sql);
             for (m, id) in chunk.iter().zip(chunk_ids) {
@@ -154,10 +175,28 @@ impl Outbox {
                     .bind(m.message.body.to_vec());
             }
             q.execute(&mut **tx).await?;
+            start = end;
         }
         self.metrics
             .enqueued
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
         Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inserts_split_by_rows_and_by_bytes() {
+        let small: Vec<OutboxMessage> = (0..1200).map(|_| OutboxMessage::new("t", "x")).collect();
+        assert_eq!(insert_end(&small, 0), 500);
+        assert_eq!(insert_end(&small, 1000), 1200);
+        let big = vec![OutboxMessage::new("t", vec![0u8; 3 * 1024 * 1024]); 5];
+        assert_eq!(insert_end(&big, 0), 2);
+        assert_eq!(insert_end(&big, 4), 5);
+        let huge = vec![OutboxMessage::new("t", vec![0u8; MAX_INSERT_BYTES + 1]); 2];
+        assert_eq!(insert_end(&huge, 0), 1, "one oversized body still goes");
     }
 }

@@ -128,7 +128,13 @@ impl Inbox {
     {
         check("consumer", consumer, limits::MAX_NAME)?;
         check("message id", message_id, ferry_client::MAX_MESSAGE_ID_LEN)?;
-        let dialect = Dialect::from_driver_name(DB::NAME);
+        if !message_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(OutboxError::invalid(
+                "message id",
+                format!("{message_id:?}: printable ASCII without blanks"),
+            ));
+        }
+        let dialect = Dialect::from_driver_name(DB::NAME)?;
         let sql = dialect.inbox_insert();
         let query = sqlx::query(&sql)
             .bind(consumer.to_string())
@@ -151,11 +157,17 @@ impl Inbox {
     }
 }
 
+/// Also no blanks at either end: MySQL's `utf8mb4_bin` ignores trailing
+/// spaces when comparing, so "x" and "x " would be one consumer there.
 fn check(what: &'static str, value: &str, max: usize) -> Result<()> {
-    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+    if value.is_empty()
+        || value.len() > max
+        || value.chars().any(char::is_control)
+        || value.trim() != value
+    {
         return Err(OutboxError::invalid(
             what,
-            format!("{value:?}: 1 to {max} bytes, no control characters"),
+            format!("{value:?}: 1 to {max} bytes, no control characters, no blanks at the ends"),
         ));
     }
     Ok(())

@@ -59,7 +59,7 @@ mod store;
 
 pub use cleanup::{sweep, Janitor, JanitorConfig, Swept};
 pub use dialect::Dialect;
-pub use enqueue::{key_slot, Outbox, KEY_SLOTS, MAX_ROWS_PER_INSERT};
+pub use enqueue::{key_slot, Outbox, KEY_SLOTS, MAX_INSERT_BYTES, MAX_ROWS_PER_INSERT};
 pub use error::{OutboxError, Result};
 pub use inbox::{HandlerFuture, Inbox, Processed, DEFAULT_WINDOW};
 pub use message::{limits, OutboxMessage, PendingMessage};

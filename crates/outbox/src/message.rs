@@ -61,7 +61,9 @@ impl OutboxMessage {
     }
 
     /// Publish in commit order with the other rows of `key`, without a
-    /// FIFO group on the broker.
+    /// FIFO group on the broker. This orders the publishing only: plain
+    /// messages spread over a topic's queues, so consumers see the order
+    /// only with a message group (FIFO), which orders both.
     pub fn ordered_by(mut self, key: impl Into<String>) -> Self {
         self.ordering_key = Some(key.into());
         self
@@ -93,9 +95,15 @@ impl OutboxMessage {
         ];
         for (what, value) in names {
             if let Some(v) = value {
-                if v.is_empty() || v.len() > limits::MAX_NAME || v.chars().any(char::is_control) {
+                // No blanks at the ends: MySQL's `utf8mb4_bin` compares
+                // "k" and "k " as equal, which would merge two keys.
+                if v.is_empty()
+                    || v.len() > limits::MAX_NAME
+                    || v.chars().any(char::is_control)
+                    || v.trim() != v.as_str()
+                {
                     return bad(format!(
-                        "{what} {v:?}: 1 to {} bytes, no control characters",
+                        "{what} {v:?}: 1 to {} bytes, no control characters, no blanks at the ends",
                         limits::MAX_NAME
                     ));
                 }

@@ -8,7 +8,7 @@
 //! and mark, or a lease that ran out mid-publish), so the duplicates after
 //! a crash are at most the rows that relay held: `workers × batch`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,6 +77,7 @@ impl RelayConfig {
     /// Refuses settings that cannot work, before anything starts.
     pub fn check(&self) -> Result<()> {
         let bad = |why: String| Err(OutboxError::invalid("relay config", why));
+        // Room for ":worker:claim" in the 128-byte lease token.
         if self.owner.is_empty() || self.owner.len() > 64 {
             return bad(format!("owner {:?}: 1 to 64 bytes", self.owner));
         }
@@ -160,8 +161,8 @@ impl Relay {
         &self.metrics
     }
 
-    /// Stops claiming, lets publishes in flight finish and settles them,
-    /// hands back what was claimed but not published.
+    /// Stops claiming; the claims in flight are published (within their
+    /// deadlines) and settled, what was not tried is handed back.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
@@ -193,15 +194,23 @@ struct Outcome {
 impl<P: Publisher> Worker<P> {
     async fn run(mut self, n: usize) {
         let mut db_backoff = Duration::from_millis(100);
+        let mut claims: u64 = 0;
         loop {
             if *self.stopped.borrow() {
                 break;
             }
+            // Every claim leases under its own token, so a claim whose
+            // lease ran out can never settle rows a later claim holds.
+            claims += 1;
+            let token = format!("{}:{n}:{claims}", self.config.owner);
+            // The lease runs from before the claim was asked for: the
+            // local deadlines below are then never later than the
+            // database's.
             let started = Instant::now();
             let claim = self
                 .store
                 .claim(
-                    &self.config.owner,
+                    &token,
                     self.config.batch,
                     self.config.lease,
                     Some((n as u32, self.config.workers as u32)),
@@ -232,9 +241,9 @@ impl<P: Publisher> Worker<P> {
             let rows = claim.rows.len();
             let lanes = plan::lanes(claim.rows, self.publisher.max_batch().max(1));
             let lane_count = lanes.len();
-            let outcome = self.publish(lanes, claimed_at).await;
+            let outcome = self.publish(lanes, started).await;
             let published_at = Instant::now();
-            self.settle(outcome, claimed_at).await;
+            self.settle(outcome, &token, started).await;
             debug!(
                 worker = n,
                 rows,
@@ -252,23 +261,43 @@ impl<P: Publisher> Worker<P> {
         let _ = tokio::time::timeout(d, self.stopped.wait_for(|s| *s)).await;
     }
 
-    async fn publish(&self, lanes: Vec<Lane<PendingMessage>>, claimed_at: Instant) -> Outcome {
+    async fn publish(&self, lanes: Vec<Lane<PendingMessage>>, started: Instant) -> Outcome {
         let permits = Arc::new(Semaphore::new(self.config.publish_concurrency));
-        // Never start a publish after half the lease: the rest of it is the
-        // margin for the call and the mark, by this host's clock.
-        let deadline = claimed_at + self.config.lease / 2;
+        let lease = self.config.lease;
+        // Never start a publish after half the lease, and give up on one
+        // still running at three quarters: the rest is the margin for the
+        // mark, by this host's clock.
+        let deadlines = Deadlines {
+            start_by: started + lease / 2,
+            finish_by: started + lease * 3 / 4,
+        };
         let mut set = JoinSet::new();
+        let mut lane_rows: HashMap<tokio::task::Id, Vec<i64>> = HashMap::new();
         for lane in lanes {
             let publisher = self.publisher.clone();
             let permits = permits.clone();
-            set.spawn(async move {
+            let ids = lane.batches.iter().flatten().map(|r| r.id).collect();
+            let task = set.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("never closed");
-                publish_lane(&*publisher, lane, deadline).await
+                publish_lane(&*publisher, lane, deadlines).await
             });
+            lane_rows.insert(task.id(), ids);
         }
         let mut out = Outcome::default();
-        while let Some(done) = set.join_next().await {
-            let lane = done.expect("a publish task panicked");
+        while let Some(done) = set.join_next_with_id().await {
+            let lane = match done {
+                Ok((_, lane)) => lane,
+                // A publisher that panics loses its lane, not the worker:
+                // the lane's rows go back untried (one may have been
+                // published: at least once).
+                Err(e) => {
+                    warn!(error = %e, "a publish task panicked; its rows are released");
+                    LaneOutcome {
+                        untried: lane_rows.remove(&e.id()).unwrap_or_default(),
+                        ..LaneOutcome::default()
+                    }
+                }
+            };
             out.sent.extend(lane.sent);
             out.failed.extend(lane.failed);
             out.untried.extend(lane.untried);
@@ -281,7 +310,7 @@ impl<P: Publisher> Worker<P> {
     /// Writes the outcome back. Marking sent is retried while the lease
     /// lasts; after that another relay may publish the rows again, which
     /// is the at-least-once bound, not a loss.
-    async fn settle(&self, out: Outcome, claimed_at: Instant) {
+    async fn settle(&self, out: Outcome, token: &str, claimed_at: Instant) {
         let m = &self.metrics;
         let c = &self.config;
         if !out.sent.is_empty() {
@@ -338,19 +367,19 @@ impl<P: Publisher> Worker<P> {
             }
         }
         for ((delay, error), ids) in retry {
-            if let Err(e) = self.store.retry_later(&ids, delay, &error).await {
+            if let Err(e) = self.store.retry_later(token, &ids, delay, &error).await {
                 warn!(rows = ids.len(), error = %e, "could not record a failed publish; the lease will expire");
             }
         }
         for (error, ids) in park {
-            if let Err(e) = self.store.park(&ids, &error).await {
+            if let Err(e) = self.store.park(token, &ids, &error).await {
                 warn!(rows = ids.len(), error = %e, "could not park rows; the lease will expire");
             }
         }
         if !out.untried.is_empty() {
             m.lease_timeouts
                 .fetch_add(out.expired as u64, Ordering::Relaxed);
-            if let Err(e) = self.store.release(&c.owner, &out.untried).await {
+            if let Err(e) = self.store.release(token, &out.untried).await {
                 warn!(error = %e, "could not release unpublished rows; the lease will expire");
             }
         }
@@ -366,41 +395,95 @@ struct LaneOutcome {
     lag_ms: i64,
 }
 
+/// When a claim's publishes must start, and finish.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    start_by: Instant,
+    finish_by: Instant,
+}
+
+/// One publish call, bounded by the claim's deadline: a call still running
+/// then counts as a retryable failure (its outcome is unknown, so the rows
+/// may be published again: at least once).
+async fn publish_within<P: Publisher>(
+    publisher: &P,
+    batch: &[PendingMessage],
+    d: Deadlines,
+) -> Result<(), PublishError> {
+    let finish_by = tokio::time::Instant::from_std(d.finish_by);
+    match tokio::time::timeout_at(finish_by, publisher.publish(batch)).await {
+        Ok(r) => r,
+        Err(_) => Err(PublishError::retryable(
+            "publish still running at three quarters of the lease",
+        )),
+    }
+}
+
 /// Publishes a lane's batches in order; stops at the first failure, since
-/// the rest of an ordered lane must not overtake it.
+/// the rest of an ordered lane must not overtake it. A batch refused for
+/// good is tried again row by row, so one bad message parks itself, not
+/// its neighbours.
 async fn publish_lane<P: Publisher>(
     publisher: &P,
     lane: Lane<PendingMessage>,
-    deadline: Instant,
+    d: Deadlines,
 ) -> LaneOutcome {
     let mut out = LaneOutcome::default();
-    let mut batches = lane.batches.into_iter();
-    for batch in batches.by_ref() {
-        if Instant::now() >= deadline {
+    let mut rows = lane.batches.into_iter();
+    'batches: for batch in rows.by_ref() {
+        if Instant::now() >= d.start_by {
             out.expired += batch.len();
             out.untried.extend(batch.iter().map(|r| r.id));
             break;
         }
-        match publisher.publish(&batch).await {
+        let err = match publish_within(publisher, &batch, d).await {
             Ok(()) => {
-                let oldest = batch.iter().map(|r| r.age_ms).max().unwrap_or(0);
-                out.lag_ms = out.lag_ms.max(oldest);
-                out.sent.extend(batch.iter().map(|r| r.id));
+                out.sent_batch(&batch);
+                continue;
             }
-            Err(e) => {
-                let e = Arc::new(e);
-                out.failed.extend(batch.into_iter().map(|r| (r, e.clone())));
-                break;
+            Err(e) => e,
+        };
+        if err.retryable || batch.len() == 1 {
+            let e = Arc::new(err);
+            out.failed.extend(batch.into_iter().map(|r| (r, e.clone())));
+            break;
+        }
+        let mut singles = batch.into_iter();
+        while let Some(row) = singles.next() {
+            let one = std::slice::from_ref(&row);
+            if Instant::now() >= d.start_by {
+                out.expired += 1 + singles.len();
+                out.untried.push(row.id);
+                out.untried.extend(singles.map(|r| r.id));
+                break 'batches;
+            }
+            match publish_within(publisher, one, d).await {
+                Ok(()) => out.sent_batch(one),
+                Err(e) if e.retryable => {
+                    out.failed.push((row, Arc::new(e)));
+                    out.untried.extend(singles.map(|r| r.id));
+                    break 'batches;
+                }
+                // Parked: it no longer holds its key's order.
+                Err(e) => out.failed.push((row, Arc::new(e))),
             }
         }
     }
-    for rest in batches {
-        if Instant::now() >= deadline {
+    for rest in rows {
+        if Instant::now() >= d.start_by {
             out.expired += rest.len();
         }
         out.untried.extend(rest.iter().map(|r| r.id));
     }
     out
+}
+
+impl LaneOutcome {
+    fn sent_batch(&mut self, batch: &[PendingMessage]) {
+        let oldest = batch.iter().map(|r| r.age_ms).max().unwrap_or(0);
+        self.lag_ms = self.lag_ms.max(oldest);
+        self.sent.extend(batch.iter().map(|r| r.id));
+    }
 }
 
 async fn gauges(

@@ -5,7 +5,7 @@
 //! Times are `BIGINT` Unix milliseconds from the database's clock: one
 //! representation for three databases, and no time-zone surprises.
 
-use sqlx::{AnyPool, Row as _};
+use sqlx::{AnyPool, Executor as _, Row as _};
 
 use crate::dialect::Dialect;
 use crate::error::OutboxError;
@@ -37,7 +37,7 @@ fn v1(d: Dialect) -> Vec<&'static str> {
                 created_ms BIGINT NOT NULL,
                 state SMALLINT NOT NULL,
                 attempts BIGINT NOT NULL,
-                lease_owner VARCHAR(64),
+                lease_owner VARCHAR(128),
                 lease_until_ms BIGINT,
                 sent_ms BIGINT,
                 last_error TEXT
@@ -85,7 +85,7 @@ fn v1(d: Dialect) -> Vec<&'static str> {
                 created_ms BIGINT NOT NULL,
                 state SMALLINT NOT NULL,
                 attempts BIGINT NOT NULL,
-                lease_owner VARCHAR(64),
+                lease_owner VARCHAR(128),
                 lease_until_ms BIGINT,
                 sent_ms BIGINT,
                 last_error TEXT,
@@ -152,12 +152,51 @@ const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS ferry_outbox_schema (
 
 /// Brings the schema up to [`VERSION`]. Refuses a database whose schema is
 /// newer than this build: an old relay must not run against tables it does
-/// not understand.
+/// not understand. An up-to-date schema costs one read and no DDL (so an
+/// account without CREATE rights can run against a migrated database);
+/// otherwise the migration runs under a database-wide lock (PostgreSQL
+/// advisory lock, MySQL `GET_LOCK`), since concurrent `CREATE ... IF NOT
+/// EXISTS` can still collide on PostgreSQL's catalog.
 pub async fn apply(pool: &AnyPool, d: Dialect) -> Result<(), OutboxError> {
-    sqlx::query(VERSION_TABLE).execute(pool).await?;
-    let current: i64 =
+    if version(pool).await.ok() == Some(VERSION) {
+        return Ok(());
+    }
+    let mut conn = pool.acquire().await?;
+    let (lock, unlock) = match d {
+        Dialect::Postgres => (
+            "SELECT pg_advisory_lock(7310302560386184563)",
+            "SELECT pg_advisory_unlock(7310302560386184563)",
+        ),
+        Dialect::MySql => (
+            "SELECT GET_LOCK('ferry_outbox_migrate', 60)",
+            "SELECT RELEASE_LOCK('ferry_outbox_migrate')",
+        ),
+        // One writer at a time already.
+        Dialect::Sqlite => ("SELECT 1", "SELECT 1"),
+    };
+    conn.execute(lock).await?;
+    let migrated = migrate(&mut conn, d).await;
+    // A failed unlock leaves the lock to the connection's end.
+    if conn.execute(unlock).await.is_err() {
+        conn.close_on_drop();
+    }
+    migrated
+}
+
+async fn version(pool: &AnyPool) -> Result<i64, OutboxError> {
+    Ok(
         sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM ferry_outbox_schema")
             .fetch_one(pool)
+            .await?
+            .try_get("v")?,
+    )
+}
+
+async fn migrate(conn: &mut sqlx::AnyConnection, d: Dialect) -> Result<(), OutboxError> {
+    conn.execute(VERSION_TABLE).await?;
+    let current: i64 =
+        sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM ferry_outbox_schema")
+            .fetch_one(&mut *conn)
             .await?
             .try_get("v")?;
     if current > VERSION {
@@ -172,7 +211,7 @@ pub async fn apply(pool: &AnyPool, d: Dialect) -> Result<(), OutboxError> {
         return Ok(());
     }
     for statement in v1(d) {
-        sqlx::query(statement).execute(pool).await?;
+        conn.execute(statement).await?;
     }
     let record = match d {
         Dialect::Postgres | Dialect::Sqlite => format!(
@@ -185,6 +224,6 @@ pub async fn apply(pool: &AnyPool, d: Dialect) -> Result<(), OutboxError> {
             d.now_ms()
         ),
     };
-    sqlx::query(&record).execute(pool).await?;
+    conn.execute(record.as_str()).await?;
     Ok(())
 }

@@ -17,9 +17,13 @@ use crate::message::PendingMessage;
 use crate::plan;
 use crate::schema;
 
-/// Rows one claim may take; bounds the `IN` lists and the memory a claim
-/// holds (bodies included).
+/// Rows one claim may take; bounds the `IN` lists. The memory a claim
+/// holds is this many rows times their bodies: lower the batch for large
+/// bodies (1000 rows of 4 MiB is 4 GiB).
 pub const MAX_CLAIM: usize = 2_000;
+
+/// Longest lease token (`lease_owner`).
+pub const MAX_OWNER: usize = 128;
 
 /// A connection pool to the outbox's database.
 #[derive(Debug, Clone)]
@@ -123,33 +127,72 @@ impl Store {
         lease: Duration,
         share: Option<(u32, u32)>,
     ) -> Result<Claim> {
-        assert!(
-            (1..=MAX_CLAIM).contains(&max),
-            "claim size {max} out of 1..={MAX_CLAIM}"
-        );
+        if !(1..=MAX_CLAIM).contains(&max) {
+            return Err(OutboxError::invalid(
+                "claim",
+                format!("{max} rows; 1 to {MAX_CLAIM}"),
+            ));
+        }
+        if owner.is_empty() || owner.len() > MAX_OWNER {
+            return Err(OutboxError::invalid(
+                "lease owner",
+                format!("{owner:?}: 1 to {MAX_OWNER} bytes"),
+            ));
+        }
         let d = self.dialect;
         let slots = match share {
-            Some((n, of)) if of > 1 => {
-                assert!(n < of, "worker {n} of {of}");
-                format!(" AND (ordering_key IS NULL OR key_slot % {of} = {n})")
+            Some((n, of)) if of > 1 && n < of => {
+                format!(" AND (o.ordering_key IS NULL OR o.key_slot % {of} = {n})")
+            }
+            Some((n, of)) if n >= of => {
+                return Err(OutboxError::invalid("claim share", format!("{n} of {of}")));
             }
             _ => String::new(),
         };
         let mut tx = ManualTx::begin(&self.pool, d).await?;
         let now = d.now_ms();
+        // A keyed row whose key's first pending row is held (by a claim or
+        // a retry delay) cannot go now: leave it out of the scan, so such
+        // rows never fill the LIMIT and starve the rows that could go.
         let select = format!(
-            "SELECT {CLAIM_COLUMNS}, {now} - created_ms AS age_ms FROM ferry_outbox \
-             WHERE state = {} AND (lease_until_ms IS NULL OR lease_until_ms <= {now}){slots} \
-             ORDER BY id LIMIT {}{}",
-            schema::PENDING,
+            "SELECT {CLAIM_COLUMNS}, {now} - created_ms AS age_ms FROM ferry_outbox o \
+             WHERE o.state = {pending} \
+             AND (o.lease_until_ms IS NULL OR o.lease_until_ms <= {now}){slots} \
+             AND (o.ordering_key IS NULL OR COALESCE((SELECT h.lease_until_ms FROM ferry_outbox h \
+                  WHERE h.ordering_key = o.ordering_key AND h.state = {pending} \
+                  ORDER BY h.id LIMIT 1), 0) <= {now}) \
+             ORDER BY o.id LIMIT {}{}",
             d.ph(1),
-            d.skip_locked()
+            d.skip_locked(),
+            pending = schema::PENDING,
         );
         let rows = sqlx::query(&select)
             .bind(max as i64)
             .fetch_all(tx.conn())
             .await?;
-        let candidates = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        // A row that cannot be read back is parked with the reason, so one
+        // damaged row never stops every claim that meets it.
+        let mut candidates = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match decode(row) {
+                Ok(m) => candidates.push(m),
+                Err(e) => {
+                    let id: i64 = row.try_get("id")?;
+                    tracing::error!(id, error = %e, "unreadable outbox row parked as failed");
+                    let sql = format!(
+                        "UPDATE ferry_outbox SET state = {}, last_error = {} WHERE id = {}",
+                        schema::FAILED,
+                        d.ph(1),
+                        d.ph(2)
+                    );
+                    sqlx::query(&sql)
+                        .bind(clip(&e.to_string()))
+                        .bind(id)
+                        .execute(tx.conn())
+                        .await?;
+                }
+            }
+        }
         let blockers = self.blockers(&mut tx, &candidates).await?;
         let mut kept = plan::publishable(candidates, &blockers);
         if kept.is_empty() {
@@ -179,7 +222,7 @@ impl Store {
             if r.attempts > 0 {
                 reclaimed += 1;
             }
-            r.attempts += 1;
+            r.attempts = r.attempts.saturating_add(1);
         }
         Ok(Claim {
             rows: kept,
@@ -252,46 +295,64 @@ impl Store {
         .await
     }
 
-    /// Lets rows go again after `delay`, noting why they failed.
-    pub async fn retry_later(&self, ids: &[i64], delay: Duration, error: &str) -> Result<()> {
+    /// Lets rows go again after `delay`, noting why they failed — if they
+    /// are still held under `owner` (the claim's lease token): a claim
+    /// whose lease ran out must not touch rows another relay now holds.
+    pub async fn retry_later(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        delay: Duration,
+        error: &str,
+    ) -> Result<()> {
         let d = self.dialect;
         self.update_ids(
             &format!(
                 "UPDATE ferry_outbox SET lease_owner = NULL, lease_until_ms = {} + {}, \
-                 last_error = {} WHERE state = {} AND id IN",
+                 last_error = {} WHERE lease_owner = {} AND state = {} AND id IN",
                 d.now_ms(),
+                d.ph(1),
+                d.ph(2),
+                d.ph(3),
+                schema::PENDING
+            ),
+            &[
+                Bind::I64(delay.as_millis() as i64),
+                Bind::Text(clip(error)),
+                Bind::Text(owner.to_string()),
+            ],
+            ids,
+        )
+        .await
+    }
+
+    /// Gives up on rows still held under `owner`: they stay as `failed`
+    /// until requeued.
+    pub async fn park(&self, owner: &str, ids: &[i64], error: &str) -> Result<()> {
+        let d = self.dialect;
+        self.update_ids(
+            &format!(
+                "UPDATE ferry_outbox SET state = {}, lease_owner = NULL, lease_until_ms = NULL, \
+                 last_error = {} WHERE lease_owner = {} AND state = {} AND id IN",
+                schema::FAILED,
                 d.ph(1),
                 d.ph(2),
                 schema::PENDING
             ),
-            &[Bind::I64(delay.as_millis() as i64), Bind::Text(clip(error))],
+            &[Bind::Text(clip(error)), Bind::Text(owner.to_string())],
             ids,
         )
         .await
     }
 
-    /// Gives up on rows: they stay as `failed` until requeued.
-    pub async fn park(&self, ids: &[i64], error: &str) -> Result<()> {
-        self.update_ids(
-            &format!(
-                "UPDATE ferry_outbox SET state = {}, lease_owner = NULL, lease_until_ms = NULL, \
-                 last_error = {} WHERE state = {} AND id IN",
-                schema::FAILED,
-                self.dialect.ph(1),
-                schema::PENDING
-            ),
-            &[Bind::Text(clip(error))],
-            ids,
-        )
-        .await
-    }
-
-    /// Hands back rows this relay claimed but will not publish (shutdown,
-    /// lease nearly over), if they are still its own.
+    /// Hands back rows claimed under `owner` but never tried (shutdown,
+    /// lease nearly over, an earlier row of the key failed); the claim's
+    /// attempt is taken back, since none was made.
     pub async fn release(&self, owner: &str, ids: &[i64]) -> Result<()> {
         self.update_ids(
             &format!(
-                "UPDATE ferry_outbox SET lease_owner = NULL, lease_until_ms = NULL \
+                "UPDATE ferry_outbox SET lease_owner = NULL, lease_until_ms = NULL, \
+                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
                  WHERE lease_owner = {} AND state = {} AND id IN",
                 self.dialect.ph(1),
                 schema::PENDING
@@ -401,7 +462,9 @@ impl Store {
     }
 
     async fn delete(&self, sql: &str, age: Duration, batch: usize) -> Result<u64> {
-        assert!(batch > 0, "a cleanup batch must be positive");
+        if batch == 0 {
+            return Err(OutboxError::invalid("cleanup batch", "must be positive"));
+        }
         let done = sqlx::query(sql)
             .bind(age.as_millis() as i64)
             .bind(batch as i64)
@@ -522,9 +585,13 @@ struct ManualTx {
 
 impl ManualTx {
     async fn begin(pool: &AnyPool, d: Dialect) -> Result<ManualTx> {
-        let mut conn = pool.acquire().await?;
-        conn.execute(d.begin()).await?;
-        Ok(ManualTx { conn: Some(conn) })
+        // Guarded before BEGIN is sent: a future cancelled mid-BEGIN still
+        // closes the connection instead of pooling an open transaction.
+        let mut tx = ManualTx {
+            conn: Some(pool.acquire().await?),
+        };
+        tx.conn().execute(d.begin()).await?;
+        Ok(tx)
     }
 
     fn conn(&mut self) -> &mut sqlx::AnyConnection {
@@ -532,14 +599,10 @@ impl ManualTx {
     }
 
     async fn commit(mut self) -> Result<()> {
-        let mut conn = self.conn.take().expect("transaction still open");
-        match conn.execute("COMMIT").await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                conn.close_on_drop();
-                Err(e.into())
-            }
-        }
+        // Still guarded while COMMIT runs; released to the pool only after.
+        self.conn().execute("COMMIT").await?;
+        self.conn.take();
+        Ok(())
     }
 }
 

@@ -134,7 +134,14 @@ fn redact(url: &str) -> String {
 }
 
 async fn admin(t: &Target, url: &str, command: OutboxCommand) -> CliResult {
-    let store = connect(url, 2).await?;
+    // Only `migrate` changes the schema; the others work with an account
+    // that cannot.
+    let store = match command {
+        OutboxCommand::Migrate => connect(url, 2).await?,
+        _ => Store::open(url, 2)
+            .await
+            .map_err(|e| fail(format!("outbox database {}: {e}", redact(url))))?,
+    };
     match command {
         OutboxCommand::Relay(_) => unreachable!("handled by run"),
         OutboxCommand::Migrate => {

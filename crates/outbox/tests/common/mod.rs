@@ -48,6 +48,10 @@ pub struct Recorder {
     pub fail_first: Arc<AtomicUsize>,
     /// Topics refused for good.
     pub refuse_topic: Option<String>,
+    /// A batch holding a row with this body is refused for good.
+    pub refuse_body: Option<String>,
+    /// Batches of this ordering key fail (retryably), always.
+    pub fail_key: Option<String>,
     /// Calls that hang forever (a relay "crashing" mid-publish).
     pub hang: Arc<std::sync::atomic::AtomicBool>,
     pub calls: Arc<AtomicU64>,
@@ -86,6 +90,14 @@ impl Publisher for Recorder {
         }
         if self.refuse_topic.as_deref() == Some(batch[0].message.topic.as_str()) {
             return Err(PublishError::permanent("no such topic"));
+        }
+        if let Some(poison) = &self.refuse_body {
+            if batch.iter().any(|m| m.message.body == poison.as_bytes()) {
+                return Err(PublishError::permanent("message refused"));
+            }
+        }
+        if self.fail_key.is_some() && batch[0].ordering_key == self.fail_key {
+            return Err(PublishError::retryable("broker busy for this key"));
         }
         if self
             .fail_first
@@ -646,6 +658,75 @@ pub async fn worker_shares_split_keys(db: &TestDb) {
     assert_eq!(all, 50, "every row claimed once");
 }
 
+/// One bad message, one damaged row and one key that keeps failing hold
+/// up nothing else: the bad message alone is parked (not its batch), the
+/// damaged row is parked with the reason, and the failing key's blocked
+/// rows never fill a claim that other keys' rows could use.
+pub async fn one_bad_row_or_key_holds_up_nothing_else(db: &TestDb) {
+    let outbox = Outbox::new();
+    // The stuck key's rows come first, more than a claim holds.
+    let stuck: Vec<OutboxMessage> = (0..120)
+        .map(|i| OutboxMessage::new("orders", format!("stuck {i}")).ordered_by("stuck"))
+        .collect();
+    db.write(&outbox, &stuck, None, Duration::ZERO, true)
+        .await
+        .unwrap();
+    let mut rest: Vec<OutboxMessage> = (0..60)
+        .map(|i| {
+            OutboxMessage::new("orders", format!("fine {i}")).ordered_by(format!("k{}", i % 3))
+        })
+        .collect();
+    rest.extend((0..30).map(|i| OutboxMessage::new("orders", format!("plain {i}"))));
+    rest.push(OutboxMessage::new("orders", "poison"));
+    rest.push(OutboxMessage::new("orders", "damaged"));
+    let (ids, _) = db
+        .write(&outbox, &rest, None, Duration::ZERO, true)
+        .await
+        .unwrap();
+    let damaged = ids.last().unwrap();
+    db.exec(&format!(
+        "UPDATE ferry_outbox SET keys_json = 'not json' WHERE message_id = '{damaged}'"
+    ))
+    .await;
+    let mut recorder = Recorder::new();
+    recorder.refuse_body = Some("poison".into());
+    recorder.fail_key = Some("stuck".into());
+    let mut c = fast_config();
+    c.workers = 1;
+    c.batch = 50;
+    let relay = Relay::start(db.store().await, recorder.clone(), c).unwrap();
+    // 60 keyed + 30 plain; not the poison, not the damaged row.
+    wait_until(
+        "the other keys' rows published",
+        Duration::from_secs(30),
+        || recorder.count() >= 90,
+    )
+    .await;
+    let m = relay.metrics().clone();
+    wait_until("the poison parked", Duration::from_secs(10), || {
+        m.parked.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    relay.shutdown().await;
+    let published = recorder.ids();
+    assert_eq!(published.len(), 90, "every fine row once, nothing else");
+    let store = db.store().await;
+    let failed = store.failed(10).await.unwrap();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    let errors: Vec<String> = failed.iter().filter_map(|f| f.last_error.clone()).collect();
+    assert!(
+        errors.iter().any(|e| e.contains("message refused")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("keys_json")), "{errors:?}");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM ferry_outbox WHERE state = 0")
+            .await,
+        120,
+        "the stuck key's rows wait, all of them"
+    );
+}
+
 /// Every scenario, in turn, each on a fresh database.
 #[macro_export]
 macro_rules! scenarios {
@@ -702,6 +783,12 @@ macro_rules! scenarios {
         async fn worker_shares_split_keys() {
             let db = $make().await;
             common::worker_shares_split_keys(&db).await;
+            db.drop_database().await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn one_bad_row_or_key_holds_up_nothing_else() {
+            let db = $make().await;
+            common::one_bad_row_or_key_holds_up_nothing_else(&db).await;
             db.drop_database().await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
