@@ -341,6 +341,7 @@ impl<P: Publisher> Worker<P> {
         // Rows of one failed batch share their error and usually their
         // attempt count: one statement per (decision, error), not per row.
         let mut retry: BTreeMap<(Duration, String), Vec<i64>> = BTreeMap::new();
+        let mut blocked: BTreeMap<Duration, Vec<String>> = BTreeMap::new();
         let mut park: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for (row, err) in &out.failed {
             m.publish_failures.fetch_add(1, Ordering::Relaxed);
@@ -357,6 +358,9 @@ impl<P: Publisher> Worker<P> {
                         .entry((d, err.message.clone()))
                         .or_default()
                         .push(row.id);
+                    if let Some(k) = &row.ordering_key {
+                        blocked.entry(d).or_default().push(k.clone());
+                    }
                 }
                 AfterFailure::Park => {
                     warn!(id = row.id, message_id = %row.message_id(), attempts = row.attempts,
@@ -369,6 +373,13 @@ impl<P: Publisher> Worker<P> {
         for ((delay, error), ids) in retry {
             if let Err(e) = self.store.retry_later(token, &ids, delay, &error).await {
                 warn!(rows = ids.len(), error = %e, "could not record a failed publish; the lease will expire");
+            }
+        }
+        for (delay, mut keys) in blocked {
+            keys.sort_unstable();
+            keys.dedup();
+            if let Err(e) = self.store.block_keys(&keys, delay).await {
+                warn!(keys = keys.len(), error = %e, "could not hold back failed keys");
             }
         }
         for (error, ids) in park {

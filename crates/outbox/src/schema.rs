@@ -57,7 +57,8 @@ fn v1(d: Dialect) -> Vec<&'static str> {
              autovacuum_analyze_threshold = 5000)",
             "CREATE TABLE IF NOT EXISTS ferry_outbox_keys (
                 ordering_key VARCHAR(255) PRIMARY KEY,
-                locked_ms BIGINT NOT NULL
+                locked_ms BIGINT NOT NULL,
+                blocked_until_ms BIGINT
             )",
             "CREATE TABLE IF NOT EXISTS ferry_inbox (
                 consumer VARCHAR(255) NOT NULL,
@@ -95,7 +96,8 @@ fn v1(d: Dialect) -> Vec<&'static str> {
             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
             "CREATE TABLE IF NOT EXISTS ferry_outbox_keys (
                 ordering_key VARCHAR(255) NOT NULL PRIMARY KEY,
-                locked_ms BIGINT NOT NULL
+                locked_ms BIGINT NOT NULL,
+                blocked_until_ms BIGINT
             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
             "CREATE TABLE IF NOT EXISTS ferry_inbox (
                 consumer VARCHAR(255) NOT NULL,
@@ -132,7 +134,8 @@ fn v1(d: Dialect) -> Vec<&'static str> {
             "CREATE INDEX IF NOT EXISTS ferry_outbox_sent ON ferry_outbox (sent_ms) WHERE state = 1",
             "CREATE TABLE IF NOT EXISTS ferry_outbox_keys (
                 ordering_key TEXT PRIMARY KEY,
-                locked_ms INTEGER NOT NULL
+                locked_ms INTEGER NOT NULL,
+                blocked_until_ms INTEGER
             )",
             "CREATE TABLE IF NOT EXISTS ferry_inbox (
                 consumer TEXT NOT NULL,

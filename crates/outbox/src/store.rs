@@ -151,16 +151,17 @@ impl Store {
         };
         let mut tx = ManualTx::begin(&self.pool, d).await?;
         let now = d.now_ms();
-        // A keyed row whose key's first pending row is held (by a claim or
-        // a retry delay) cannot go now: leave it out of the scan, so such
-        // rows never fill the LIMIT and starve the rows that could go.
+        // A keyed row whose key waits out a retry delay cannot go now:
+        // leave it out of the scan (one primary-key probe of the key's lock
+        // row), so such rows never fill the LIMIT and starve the rows that
+        // could go. Keys held by a claim in flight are caught by the
+        // blockers pass below; those holds are short.
         let select = format!(
             "SELECT {CLAIM_COLUMNS}, {now} - created_ms AS age_ms FROM ferry_outbox o \
              WHERE o.state = {pending} \
              AND (o.lease_until_ms IS NULL OR o.lease_until_ms <= {now}){slots} \
-             AND (o.ordering_key IS NULL OR COALESCE((SELECT h.lease_until_ms FROM ferry_outbox h \
-                  WHERE h.ordering_key = o.ordering_key AND h.state = {pending} \
-                  ORDER BY h.id LIMIT 1), 0) <= {now}) \
+             AND (o.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM ferry_outbox_keys k \
+                  WHERE k.ordering_key = o.ordering_key AND k.blocked_until_ms > {now})) \
              ORDER BY o.id LIMIT {}{}",
             d.ph(1),
             d.skip_locked(),
@@ -324,6 +325,26 @@ impl Store {
             ids,
         )
         .await
+    }
+
+    /// Holds `keys` back for `delay`: their first row failed and waits,
+    /// so no claim should take (and then drop) the rows behind it.
+    pub async fn block_keys(&self, keys: &[String], delay: Duration) -> Result<()> {
+        let d = self.dialect;
+        for chunk in keys.chunks(MAX_CLAIM) {
+            let sql = format!(
+                "UPDATE ferry_outbox_keys SET blocked_until_ms = {} + {} WHERE ordering_key IN {}",
+                d.now_ms(),
+                d.ph(1),
+                d.in_list(2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(delay.as_millis() as i64);
+            for k in chunk {
+                q = q.bind(k.clone());
+            }
+            q.execute(&self.pool).await?;
+        }
+        Ok(())
     }
 
     /// Gives up on rows still held under `owner`: they stay as `failed`
@@ -571,7 +592,10 @@ fn decode(row: &AnyRow) -> Result<PendingMessage> {
         ordering_key: row.try_get("ordering_key")?,
         created_ms: row.try_get("created_ms")?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        age_ms: row.try_get("age_ms")?,
+        // MySQL fixes "now" at the statement's start, yet a locking read
+        // sees rows committed after it: a just-written row may look
+        // younger than zero.
+        age_ms: row.try_get::<i64, _>("age_ms")?.max(0),
     })
 }
 
