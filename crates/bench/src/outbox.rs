@@ -107,6 +107,7 @@ async fn run_async(a: OutboxArgs) -> Result<(), BoxError> {
             // Statistics of the filled table, as autovacuum would gather
             // them; a planner that still believed the table empty would
             // sort every pending row per claim.
+            pool.execute("VACUUM ANALYZE ferry_outbox_keys").await?;
             pool.execute("ANALYZE ferry_outbox").await?;
             let (secs, lag) = drain(&store, &a, a.rows, publisher.clone()).await?;
             println!(
