@@ -38,6 +38,29 @@ fn fresh_name() -> String {
     )
 }
 
+/// Creates a fresh database on the server named by `env` (or `default`);
+/// returns the server URL, the database's name and its URL. An
+/// unreachable server fails the test, naming the URL it tried.
+async fn create_database(env: &str, default: &str, what: &str) -> (String, String, String) {
+    sqlx::any::install_default_drivers();
+    let server = std::env::var(env).unwrap_or_else(|_| default.into());
+    let name = fresh_name();
+    let mut admin = sqlx::AnyConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{what} is not reachable at {server}: {e}. These tests need a running \
+                 server; start one or point {env} at one."
+            )
+        });
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let url = with_database(&server, &name);
+    (server, name, url)
+}
+
 /// Swaps the database name at the end of a server URL.
 fn with_database(url: &str, db: &str) -> String {
     let (base, query) = url
@@ -78,62 +101,39 @@ impl TestDb {
     }
 
     pub async fn postgres() -> TestDb {
-        let server = std::env::var("FERRY_TEST_PG_URL").unwrap_or_else(|_| PG_DEFAULT.into());
-        let name = fresh_name();
-        let mut admin = sqlx::PgConnection::connect(&server)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL is not reachable at {server}: {e}. These tests need a running \
-                 server; start one or point FERRY_TEST_PG_URL at one."
-                )
-            });
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        let url = with_database(&server, &name);
+        let (server, name, url) =
+            create_database("FERRY_TEST_PG_URL", PG_DEFAULT, "PostgreSQL").await;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(32)
             .connect(&url)
             .await
             .unwrap();
-        ferry_outbox::migrate(&url).await.unwrap();
-        TestDb {
-            url,
-            dialect: Dialect::Postgres,
-            native: Native::Pg(pool),
-            admin: Some((server, name)),
-            _dir: None,
-        }
+        TestDb::on_server(url, Dialect::Postgres, Native::Pg(pool), server, name).await
     }
 
     pub async fn mysql() -> TestDb {
-        let server = std::env::var("FERRY_TEST_MYSQL_URL").unwrap_or_else(|_| MYSQL_DEFAULT.into());
-        let name = fresh_name();
-        let mut admin = sqlx::MySqlConnection::connect(&server)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "MySQL/MariaDB is not reachable at {server}: {e}. These tests need a running \
-                 server; start one or point FERRY_TEST_MYSQL_URL at one."
-                )
-            });
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        let url = with_database(&server, &name);
+        let (server, name, url) =
+            create_database("FERRY_TEST_MYSQL_URL", MYSQL_DEFAULT, "MySQL/MariaDB").await;
         let pool = sqlx::mysql::MySqlPoolOptions::new()
             .max_connections(32)
             .connect(&url)
             .await
             .unwrap();
+        TestDb::on_server(url, Dialect::MySql, Native::My(pool), server, name).await
+    }
+
+    async fn on_server(
+        url: String,
+        dialect: Dialect,
+        native: Native,
+        server: String,
+        name: String,
+    ) -> TestDb {
         ferry_outbox::migrate(&url).await.unwrap();
         TestDb {
             url,
-            dialect: Dialect::MySql,
-            native: Native::My(pool),
+            dialect,
+            native,
             admin: Some((server, name)),
             _dir: None,
         }
@@ -234,15 +234,9 @@ impl TestDb {
             Native::Lite(p) => p.close().await,
         }
         let sql = format!("DROP DATABASE IF EXISTS {name}");
-        let dropped = match self.dialect {
-            Dialect::Postgres => match sqlx::PgConnection::connect(server).await {
-                Ok(mut c) => c.execute(sql.as_str()).await.map(|_| ()),
-                Err(e) => Err(e),
-            },
-            _ => match sqlx::MySqlConnection::connect(server).await {
-                Ok(mut c) => c.execute(sql.as_str()).await.map(|_| ()),
-                Err(e) => Err(e),
-            },
+        let dropped = match sqlx::AnyConnection::connect(server).await {
+            Ok(mut c) => c.execute(sql.as_str()).await.map(|_| ()),
+            Err(e) => Err(e),
         };
         if let Err(e) = dropped {
             eprintln!("could not drop test database {name}: {e}");
