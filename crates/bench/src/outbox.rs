@@ -16,15 +16,15 @@ use ferry_client::{ClientConfig, Producer};
 use ferry_outbox::{
     FerryPublisher, JanitorConfig, Outbox, OutboxMessage, Relay, RelayConfig, Store,
 };
-use sqlx::Executor as _;
+use sqlx::{Connection as _, Executor as _};
 
 use crate::net::{self, BoxError};
 
 #[derive(Debug, Args)]
 pub struct OutboxArgs {
-    /// The outbox database (PostgreSQL). Its outbox must have no pending
-    /// rows: the bench drains everything pending.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    /// A PostgreSQL server (any database on it): the bench creates a
+    /// database of its own there, and drops it at the end.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     database: String,
     /// gRPC address of a running broker; without it, one is started in
     /// this process on a temporary directory.
@@ -61,15 +61,38 @@ async fn run_async(a: OutboxArgs) -> Result<(), BoxError> {
     if !a.database.starts_with("postgres") {
         return Err("the outbox bench measures PostgreSQL: pass a postgres:// URL".into());
     }
-    let (addr, _tmp) = net::broker(a.server.clone()).await?;
-    let store = Store::connect(&a.database, a.workers as u32 + 2).await?;
-    let pending = store.stats().await?.pending;
-    if pending > 0 {
-        return Err(format!("the outbox has {pending} pending rows; the bench needs none").into());
+    // A database of its own: no other outbox rows in the way, and the
+    // schema this build writes.
+    let name = format!("ferry_bench_outbox_{}", std::process::id());
+    let mut admin = sqlx::PgConnection::connect(&a.database).await?;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+        .await?;
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
+    let (base, query) = a
+        .database
+        .split_once('?')
+        .map_or((a.database.as_str(), None), |(b, q)| (b, Some(q)));
+    let cut = base.rfind('/').ok_or("a server URL names a database")?;
+    let mut url = format!("{}/{name}", &base[..cut]);
+    if let Some(q) = query {
+        url = format!("{url}?{q}");
     }
+    let measured = measure(&a, &url).await;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await?;
+    measured
+}
+
+async fn measure(a: &OutboxArgs, url: &str) -> Result<(), BoxError> {
+    let (addr, _tmp) = net::broker(a.server.clone()).await?;
+    let store = Store::connect(url, a.workers as u32 + 2).await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
-        .connect(&a.database)
+        .connect(url)
         .await?;
     let settings: Vec<(String, String)> = sqlx::query_as(
         "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit') ORDER BY name",
@@ -97,19 +120,19 @@ async fn run_async(a: OutboxArgs) -> Result<(), BoxError> {
     // A first, uncounted drain: routes, connections, the broker's first
     // segment, PostgreSQL's caches are warm for every counted one.
     let warm = (a.rows / 10).clamp(1, 5_000);
-    fill(&pool, &a, warm, &topic, false).await?;
-    drain(&store, &a, warm, publisher.clone()).await?;
+    fill(&pool, a, warm, &topic, false).await?;
+    drain(&store, a, warm, publisher.clone()).await?;
     clear_sent(&pool, &topic).await?;
     let mut totals = [(false, 0usize, 0f64), (true, 0, 0.0)];
     for round in 0..a.rounds {
         for t in totals.iter_mut() {
-            let fill = fill(&pool, &a, a.rows, &topic, t.0).await?;
+            let fill = fill(&pool, a, a.rows, &topic, t.0).await?;
             // Statistics of the filled table, as autovacuum would gather
             // them; a planner that still believed the table empty would
             // sort every pending row per claim.
             pool.execute("VACUUM ANALYZE ferry_outbox_keys").await?;
             pool.execute("ANALYZE ferry_outbox").await?;
-            let (secs, lag) = drain(&store, &a, a.rows, publisher.clone()).await?;
+            let (secs, lag) = drain(&store, a, a.rows, publisher.clone()).await?;
             println!(
                 "  round {round} {:<9} fill {:>7.0} rows/s   relay {:>7.0} msg/s ({:.2} s), last lag {lag} ms",
                 if t.0 { "keyed" } else { "unordered" },
@@ -206,9 +229,17 @@ async fn drain(
     let started = Instant::now();
     let relay = Relay::start(store.clone(), publisher, config)?;
     let m = relay.metrics().clone();
+    let (mut last, mut progress_at) = (0, Instant::now());
     while m.published.load(Ordering::Relaxed) < rows as u64 {
-        if started.elapsed() > Duration::from_secs(600) {
-            return Err("the relay did not drain the outbox within 10 minutes".into());
+        let now = m.published.load(Ordering::Relaxed);
+        if now > last {
+            (last, progress_at) = (now, Instant::now());
+        } else if progress_at.elapsed() > Duration::from_secs(60) {
+            relay.shutdown().await;
+            return Err(format!(
+                "the relay published nothing for 60 s ({now} of {rows}); see its warnings"
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
