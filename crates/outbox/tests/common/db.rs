@@ -233,7 +233,12 @@ impl TestDb {
             Native::My(p) => p.close().await,
             Native::Lite(p) => p.close().await,
         }
-        let sql = format!("DROP DATABASE IF EXISTS {name}");
+        // A relay's pool may still hold connections; PostgreSQL refuses to
+        // drop a database in use unless forced.
+        let sql = match self.dialect {
+            Dialect::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            _ => format!("DROP DATABASE IF EXISTS {name}"),
+        };
         let dropped = match sqlx::AnyConnection::connect(server).await {
             Ok(mut c) => c.execute(sql.as_str()).await.map(|_| ()),
             Err(e) => Err(e),
