@@ -72,6 +72,7 @@ pub struct Report {
     /// rest were relays publishing a row again.
     redelivered: u64,
     outbox: ferry_outbox::Stats,
+    sent: i64,
     /// Outbox rows claimed more than once (a relay died holding them).
     reclaimed: u64,
     problems: Vec<String>,
@@ -126,6 +127,7 @@ pub async fn check(dbs: &Dbs) -> Res<Report> {
         )
         .await?,
         outbox: dbs.outbox.stats().await?,
+        sent: dbs.outbox.sent_kept().await?,
         reclaimed: count_pg(dbs, "SELECT COUNT(*) FROM ferry_outbox WHERE attempts > 1").await?,
         problems: Vec::new(),
     };
@@ -206,7 +208,7 @@ impl Report {
         );
         println!(
             "  outbox rows:                     {} sent, {} pending, {} parked; {} claimed more than once",
-            self.outbox.sent_kept, self.outbox.pending, self.outbox.failed, self.reclaimed
+            self.sent, self.outbox.pending, self.outbox.failed, self.reclaimed
         );
         println!(
             "  orders processed (MariaDB):      {} ({} rows, {} inbox rows)",

@@ -211,5 +211,9 @@ mod tests {
         assert_eq!(Dialect::from_url("sqlite://f.db").unwrap(), Dialect::Sqlite);
         let e = Dialect::from_url("oracle://x").unwrap_err().to_string();
         assert!(e.contains("oracle"), "{e}");
+        // A sqlx::Any transaction hides its database: refused, no panic.
+        let e = Dialect::from_driver_name("Any").unwrap_err().to_string();
+        assert!(e.contains("not sqlx::Any"), "{e}");
+        assert_eq!(Dialect::from_driver_name("MySQL").unwrap(), Dialect::MySql);
     }
 }

@@ -49,3 +49,17 @@ impl OutboxError {
 }
 
 pub type Result<T, E = OutboxError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_failures_are_retryable() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(OutboxError::Database(sqlx::Error::Io(io)).is_retryable());
+        assert!(OutboxError::Database(sqlx::Error::PoolTimedOut).is_retryable());
+        assert!(!OutboxError::Database(sqlx::Error::RowNotFound).is_retryable());
+        assert!(!OutboxError::invalid("x", "y").is_retryable());
+    }
+}

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use sqlx::{Database, Encode, Executor, IntoArguments, Transaction, Type};
 
+use crate::cleanup::{Janitor, JanitorConfig};
 use crate::dialect::Dialect;
 use crate::error::{OutboxError, Result};
 use crate::message::limits;
 use crate::metrics::InboxMetrics;
+use crate::store::Store;
 
 /// What an inbox handler returns.
 pub type HandlerFuture<'c, T, E> =
@@ -71,6 +73,17 @@ impl Inbox {
 
     pub fn window(&self) -> Duration {
         self.window
+    }
+
+    /// Starts the background cleanup that makes the window true: inbox
+    /// rows older than it are deleted in bounded batches, counted in this
+    /// inbox's metrics. `store` is the consumer's database.
+    pub fn start_cleanup(&self, store: Store) -> Result<Janitor> {
+        Janitor::start(
+            store,
+            JanitorConfig::inbox(self.window),
+            self.metrics.clone(),
+        )
     }
 
     pub fn metrics(&self) -> &Arc<InboxMetrics> {

@@ -266,6 +266,29 @@ mod tests {
     }
 
     #[test]
+    fn key_property_and_size_limits_are_enforced() {
+        let many_keys =
+            (0..=limits::MAX_KEYS).fold(m("t", "x"), |m, i| m.with_key(format!("k{i}")));
+        let many_props = (0..=limits::MAX_PROPERTIES)
+            .fold(m("t", "x"), |m, i| m.with_property(format!("p{i}"), "v"));
+        let fat = m("t", "x").with_property("p", "v".repeat(limits::MAX_META_BYTES));
+        let cases: [(OutboxMessage, &str); 5] = [
+            (many_keys.into(), "keys; at most 32"),
+            (many_props.into(), "properties; at most 64"),
+            (fat.into(), "at most 16384"),
+            (m("t", "x").with_property("", "v").into(), "empty name"),
+            (
+                OutboxMessage::new("t", "x").ordered_by("k "),
+                "blanks at the ends",
+            ),
+        ];
+        for (msg, want) in cases {
+            let e = msg.check(100).unwrap_err().to_string();
+            assert!(e.contains(want), "{e} lacks {want}");
+        }
+    }
+
+    #[test]
     fn the_group_orders_unless_a_key_is_given() {
         let g = OutboxMessage::from(m("t", "x").with_message_group("g"));
         assert_eq!(g.effective_ordering_key(), Some("g"));

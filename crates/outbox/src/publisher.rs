@@ -93,15 +93,9 @@ impl Publisher for FerryPublisher {
     async fn publish(&self, batch: &[PendingMessage]) -> Result<(), PublishError> {
         // The stored message as it was enqueued, its id the row's.
         let messages: Vec<_> = batch.iter().map(|p| p.message.clone()).collect();
-        let sent = match messages.len() {
-            1 => self
-                .producer
-                .send(messages.into_iter().next().expect("one"))
-                .await
-                .map(|_| ()),
-            _ => self.producer.send_batch(messages).await.map(|_| ()),
-        };
-        sent.map_err(|e| PublishError {
+        // One SendMessage call for the batch, stored all or nothing.
+        let sent = self.producer.send_batch(messages).await;
+        sent.map(|_| ()).map_err(|e| PublishError {
             retryable: worth_retrying(&e),
             message: e.to_string(),
         })

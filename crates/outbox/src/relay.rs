@@ -178,19 +178,6 @@ struct Worker<P> {
     stopped: watch::Receiver<bool>,
 }
 
-/// What publishing one claim came to.
-#[derive(Default)]
-struct Outcome {
-    sent: Vec<i64>,
-    failed: Vec<(PendingMessage, Arc<PublishError>)>,
-    /// Claimed but not tried: the lease was too far gone, or an earlier
-    /// row of the same key failed.
-    untried: Vec<i64>,
-    /// Of `untried`, those left for lack of lease.
-    expired: usize,
-    lag_ms: i64,
-}
-
 impl<P: Publisher> Worker<P> {
     async fn run(mut self, n: usize) {
         let mut db_backoff = Duration::from_millis(100);
@@ -261,7 +248,7 @@ impl<P: Publisher> Worker<P> {
         let _ = tokio::time::timeout(d, self.stopped.wait_for(|s| *s)).await;
     }
 
-    async fn publish(&self, lanes: Vec<Lane<PendingMessage>>, started: Instant) -> Outcome {
+    async fn publish(&self, lanes: Vec<Lane<PendingMessage>>, started: Instant) -> LaneOutcome {
         let permits = Arc::new(Semaphore::new(self.config.publish_concurrency));
         let lease = self.config.lease;
         // Never start a publish after half the lease, and give up on one
@@ -283,7 +270,7 @@ impl<P: Publisher> Worker<P> {
             });
             lane_rows.insert(task.id(), ids);
         }
-        let mut out = Outcome::default();
+        let mut out = LaneOutcome::default();
         while let Some(done) = set.join_next_with_id().await {
             let lane = match done {
                 Ok((_, lane)) => lane,
@@ -298,11 +285,7 @@ impl<P: Publisher> Worker<P> {
                     }
                 }
             };
-            out.sent.extend(lane.sent);
-            out.failed.extend(lane.failed);
-            out.untried.extend(lane.untried);
-            out.expired += lane.expired;
-            out.lag_ms = out.lag_ms.max(lane.lag_ms);
+            out.absorb(lane);
         }
         out
     }
@@ -310,7 +293,7 @@ impl<P: Publisher> Worker<P> {
     /// Writes the outcome back. Marking sent is retried while the lease
     /// lasts; after that another relay may publish the rows again, which
     /// is the at-least-once bound, not a loss.
-    async fn settle(&self, out: Outcome, token: &str, claimed_at: Instant) {
+    async fn settle(&self, out: LaneOutcome, token: &str, started: Instant) {
         let m = &self.metrics;
         let c = &self.config;
         if !out.sent.is_empty() {
@@ -320,11 +303,11 @@ impl<P: Publisher> Worker<P> {
                     Ok(()) => {
                         m.published
                             .fetch_add(out.sent.len() as u64, Ordering::Relaxed);
-                        let since_claim = claimed_at.elapsed().as_millis() as i64;
+                        let since_claim = started.elapsed().as_millis() as i64;
                         m.lag_ms.store(out.lag_ms + since_claim, Ordering::Relaxed);
                         break;
                     }
-                    Err(e) if claimed_at.elapsed() + wait < c.lease => {
+                    Err(e) if started.elapsed() + wait < c.lease => {
                         warn!(error = %e, rows = out.sent.len(), "marking sent failed; retrying");
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(Duration::from_secs(2));
@@ -397,11 +380,15 @@ impl<P: Publisher> Worker<P> {
     }
 }
 
+/// What publishing a lane (or, merged, a whole claim) came to.
 #[derive(Default)]
 struct LaneOutcome {
     sent: Vec<i64>,
     failed: Vec<(PendingMessage, Arc<PublishError>)>,
+    /// Claimed but not tried: the lease was too far gone, or an earlier
+    /// row of the same key failed.
     untried: Vec<i64>,
+    /// Of `untried`, those left for lack of lease.
     expired: usize,
     lag_ms: i64,
 }
@@ -490,6 +477,14 @@ async fn publish_lane<P: Publisher>(
 }
 
 impl LaneOutcome {
+    fn absorb(&mut self, other: LaneOutcome) {
+        self.sent.extend(other.sent);
+        self.failed.extend(other.failed);
+        self.untried.extend(other.untried);
+        self.expired += other.expired;
+        self.lag_ms = self.lag_ms.max(other.lag_ms);
+    }
+
     fn sent_batch(&mut self, batch: &[PendingMessage]) {
         let oldest = batch.iter().map(|r| r.age_ms).max().unwrap_or(0);
         self.lag_ms = self.lag_ms.max(oldest);

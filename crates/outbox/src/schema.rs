@@ -161,7 +161,7 @@ const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS ferry_outbox_schema (
 /// advisory lock, MySQL `GET_LOCK`), since concurrent `CREATE ... IF NOT
 /// EXISTS` can still collide on PostgreSQL's catalog.
 pub async fn apply(pool: &AnyPool, d: Dialect) -> Result<(), OutboxError> {
-    if version(pool).await.ok() == Some(VERSION) {
+    if version(pool.acquire().await?.as_mut()).await.ok() == Some(VERSION) {
         return Ok(());
     }
     let mut conn = pool.acquire().await?;
@@ -186,10 +186,10 @@ pub async fn apply(pool: &AnyPool, d: Dialect) -> Result<(), OutboxError> {
     migrated
 }
 
-async fn version(pool: &AnyPool) -> Result<i64, OutboxError> {
+async fn version(conn: &mut sqlx::AnyConnection) -> Result<i64, OutboxError> {
     Ok(
         sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM ferry_outbox_schema")
-            .fetch_one(pool)
+            .fetch_one(conn)
             .await?
             .try_get("v")?,
     )
@@ -197,11 +197,7 @@ async fn version(pool: &AnyPool) -> Result<i64, OutboxError> {
 
 async fn migrate(conn: &mut sqlx::AnyConnection, d: Dialect) -> Result<(), OutboxError> {
     conn.execute(VERSION_TABLE).await?;
-    let current: i64 =
-        sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM ferry_outbox_schema")
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get("v")?;
+    let current = version(conn).await?;
     if current > VERSION {
         return Err(OutboxError::Invalid {
             what: "schema",

@@ -112,13 +112,19 @@ pub fn run(args: OutboxArgs) -> CliResult {
     }
 }
 
+/// Connects; `migrate` also brings the schema up to date (the relay and
+/// `migrate` do, the read-and-tidy commands need no DDL rights).
 async fn connect(
     url: &str,
     connections: u32,
+    migrate: bool,
 ) -> Result<Store, Box<dyn std::error::Error + Send + Sync>> {
-    Store::connect(url, connections)
-        .await
-        .map_err(|e| fail(format!("outbox database {}: {e}", redact(url))))
+    let store = if migrate {
+        Store::connect(url, connections).await
+    } else {
+        Store::open(url, connections).await
+    };
+    store.map_err(|e| fail(format!("outbox database {}: {e}", redact(url))))
 }
 
 /// The URL without its password, for messages.
@@ -134,14 +140,7 @@ fn redact(url: &str) -> String {
 }
 
 async fn admin(t: &Target, url: &str, command: OutboxCommand) -> CliResult {
-    // Only `migrate` changes the schema; the others work with an account
-    // that cannot.
-    let store = match command {
-        OutboxCommand::Migrate => connect(url, 2).await?,
-        _ => Store::open(url, 2)
-            .await
-            .map_err(|e| fail(format!("outbox database {}: {e}", redact(url))))?,
-    };
+    let store = connect(url, 2, matches!(command, OutboxCommand::Migrate)).await?;
     match command {
         OutboxCommand::Relay(_) => unreachable!("handled by run"),
         OutboxCommand::Migrate => {
@@ -156,6 +155,7 @@ async fn admin(t: &Target, url: &str, command: OutboxCommand) -> CliResult {
         }
         OutboxCommand::Status { limit } => {
             let s = store.stats().await?;
+            let sent_kept = store.sent_kept().await?;
             let failed = store.failed(limit.min(1000)).await?;
             if t.json {
                 let rows: Vec<_> = failed
@@ -169,7 +169,7 @@ async fn admin(t: &Target, url: &str, command: OutboxCommand) -> CliResult {
                     "pending": s.pending,
                     "oldest_pending_age_ms": s.oldest_pending_age_ms,
                     "failed": s.failed,
-                    "sent_kept": s.sent_kept,
+                    "sent_kept": sent_kept,
                     "failed_rows": rows,
                 }));
             }
@@ -184,7 +184,7 @@ async fn admin(t: &Target, url: &str, command: OutboxCommand) -> CliResult {
                     s.pending.to_string(),
                     oldest,
                     s.failed.to_string(),
-                    s.sent_kept.to_string(),
+                    sent_kept.to_string(),
                 ]],
             );
             if !failed.is_empty() {
@@ -258,7 +258,7 @@ async fn relay(t: &Target, url: &str, a: RelayArgs) -> CliResult {
     }
     config.check()?;
     // One connection per worker, plus the gauges and the cleanup.
-    let store = connect(url, a.workers as u32 + 2).await?;
+    let store = connect(url, a.workers as u32 + 2, true).await?;
     let producer = Producer::builder(t.client())
         .start()
         .await
