@@ -461,7 +461,7 @@ async fn ack(
 
 /// Makes `group` FIFO through the admin API, retried while the listener
 /// is not up yet.
-async fn set_fifo(http: &str, group: &str) -> Result<(), BoxError> {
+pub(crate) async fn set_fifo(http: &str, group: &str) -> Result<(), BoxError> {
     let admin = ferry_admin::AdminClient::new(http);
     let path = format!("/v1/groups/{}/policy", ferry_admin::segment(group));
     let until = Instant::now() + Duration::from_secs(10);

@@ -14,12 +14,15 @@
 //!   and without one slow group, alternating phases, order checked.
 //! * `outbox` — the outbox relay: a PostgreSQL table drained into the
 //!   broker, unordered and per-key ordered rows, with the ratio.
+//! * `suite` — workloads described in files against Ferry, RabbitMQ and
+//!   NATS JetStream with equal durability, side by side.
 
 mod append;
 mod e2e;
 mod fifo;
 mod net;
 mod outbox;
+pub mod suite;
 mod timers;
 mod tx;
 
@@ -45,6 +48,9 @@ pub enum Which {
     Fifo(fifo::FifoArgs),
     /// Outbox relay: rows from a PostgreSQL table to the broker.
     Outbox(outbox::OutboxArgs),
+    /// Workloads from files against Ferry, RabbitMQ and NATS JetStream,
+    /// side by side (JSON, Markdown, SVG chart).
+    Suite(suite::SuiteArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -55,6 +61,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Syn
         Which::Timers(a) => timers::run(a),
         Which::Fifo(a) => fifo::run(a),
         Which::Outbox(a) => outbox::run(a),
+        Which::Suite(a) => suite::run(a),
     }
 }
 

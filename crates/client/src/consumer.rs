@@ -105,6 +105,61 @@ pub(crate) async fn ack(session: &Session, group: &str, m: &ReceivedMessage) -> 
     }
 }
 
+/// Most entries one AckMessage call carries, so a large settle is split
+/// rather than sent as one oversized request.
+pub const MAX_ACK_BATCH: usize = 1024;
+
+/// Acks `messages` with one AckMessage call per topic (and per
+/// [`MAX_ACK_BATCH`] entries): a consumer that settles a received batch
+/// pays one round trip, not one per message. The first refused entry is
+/// the error; entries before and after it in the same call may have been
+/// settled, and acking a settled message again is harmless.
+pub(crate) async fn ack_all(
+    session: &Session,
+    group: &str,
+    messages: &[ReceivedMessage],
+) -> Result<()> {
+    let ns = &session.config.namespace;
+    let mut by_topic: std::collections::BTreeMap<&str, Vec<&ReceivedMessage>> = Default::default();
+    for m in messages {
+        by_topic.entry(m.topic.as_str()).or_default().push(m);
+    }
+    for (topic, ms) in by_topic {
+        for chunk in ms.chunks(MAX_ACK_BATCH) {
+            let req = pb::AckMessageRequest {
+                group: Some(resource(ns, group)),
+                topic: Some(resource(ns, topic)),
+                entries: chunk
+                    .iter()
+                    .map(|m| pb::AckMessageEntry {
+                        message_id: m.message_id.clone(),
+                        receipt_handle: m.receipt_handle.clone(),
+                        lite_topic: None,
+                    })
+                    .collect(),
+            };
+            let deadline = session.config.request_timeout;
+            let reply = session
+                .unary(deadline, |mut rpc| async move {
+                    rpc.ack_message(session.request(req, deadline)).await
+                })
+                .await?;
+            if reply.entries.len() != chunk.len() {
+                check(reply.status)?;
+                return Err(ClientError::Protocol(format!(
+                    "ack of {} messages answered with {} entries",
+                    chunk.len(),
+                    reply.entries.len()
+                )));
+            }
+            for e in reply.entries {
+                check(e.status)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Returns the new receipt handle (the old one is dead).
 pub(crate) async fn change_invisible(
     session: &Session,

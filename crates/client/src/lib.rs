@@ -55,7 +55,7 @@ mod simple_consumer;
 mod transaction;
 
 pub use config::{ClientConfig, Credentials, DEFAULT_REQUEST_TIMEOUT};
-pub use consumer::MAX_RECEIVE_BATCH;
+pub use consumer::{MAX_ACK_BATCH, MAX_RECEIVE_BATCH};
 pub use error::{ClientError, Result};
 pub use ferry_proto::v2::Code;
 pub use id::new_message_id;

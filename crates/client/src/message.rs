@@ -171,9 +171,12 @@ impl Message {
                 tag: self.tag.clone(),
                 keys: self.keys.clone(),
                 message_id: message_id.to_string(),
+                // CRC32, as the official Java client sends: it guards the
+                // body as well as MD5 does against accidents, at a fraction
+                // of the cost (MD5 was a tenth of a producer's CPU).
                 body_digest: Some(pb::Digest {
-                    r#type: pb::DigestType::Md5 as i32,
-                    checksum: md5_upper(&self.body),
+                    r#type: pb::DigestType::Crc32 as i32,
+                    checksum: format!("{:08X}", crc32fast::hash(&self.body)),
                 }),
                 body_encoding: pb::Encoding::Identity as i32,
                 message_type: kind as i32,

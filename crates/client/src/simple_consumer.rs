@@ -129,6 +129,13 @@ impl SimpleConsumer {
         consumer::ack(&self.session, &self.group, message).await
     }
 
+    /// Settles many messages with one AckMessage call per topic instead of
+    /// one per message. The first refused entry is the error (see
+    /// [`MAX_ACK_BATCH`](crate::MAX_ACK_BATCH) for how large sets are split).
+    pub async fn ack_all(&self, messages: &[ReceivedMessage]) -> Result<()> {
+        consumer::ack_all(&self.session, &self.group, messages).await
+    }
+
     /// Makes the message visible again after `invisible` (0: now — a
     /// nack), and gives it the new receipt handle this returns.
     pub async fn change_invisible_duration(

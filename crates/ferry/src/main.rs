@@ -6,6 +6,13 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: a request allocates and frees
+/// many small buffers (frames, headers, records) across threads, and
+/// glibc's malloc spent a fifth of the broker's CPU on them (see
+/// BENCHMARKS.md, "Where the time went").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ferry",
@@ -46,7 +53,9 @@ fn main() -> std::process::ExitCode {
     // Operator commands log only warnings unless FERRY_LOG says otherwise:
     // their output is the answer, not the log.
     let default_level = match cli.command {
-        Command::Serve(_) | Command::Bench(_) => "info",
+        Command::Serve(_) => "info",
+        // The benchmarks start many clients; each would log its start.
+        Command::Bench(_) => "info,ferry_client=warn",
         Command::Outbox(ref a) if a.is_relay() => "info",
         _ => "warn",
     };

@@ -591,3 +591,37 @@ async fn a_slow_handler_keeps_its_message_invisible() {
     );
     c.shutdown().await;
 }
+
+/// `ack_all` settles a received batch in one call: nothing comes back
+/// after the invisibility expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_all_settles_a_batch_in_one_call() {
+    let b = Broker::start(&[]);
+    let p = Producer::builder(b.config())
+        .topics(["bulk"])
+        .start()
+        .await
+        .unwrap();
+    let batch: Vec<Message> = (0..40)
+        .map(|i| Message::new("bulk", format!("m{i}")))
+        .collect();
+    p.send_batch(batch).await.unwrap();
+    let c = simple(&b, "bulk-g", "bulk", FilterExpression::all()).await;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 40 && Instant::now() < deadline {
+        let ms = c.receive(64, Duration::from_secs(1)).await.unwrap();
+        c.ack_all(&ms).await.expect("ack_all");
+        got.extend(ms);
+    }
+    assert_eq!(got.len(), 40);
+    // Past the invisible duration: acked messages stay settled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = c.receive(64, Duration::from_secs(1)).await.unwrap();
+    assert!(
+        again.is_empty(),
+        "{} redelivered after ack_all",
+        again.len()
+    );
+    c.ack_all(&[]).await.expect("nothing to ack is fine");
+}
