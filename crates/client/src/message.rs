@@ -181,7 +181,7 @@ impl Message {
                 body_encoding: pb::Encoding::Identity as i32,
                 message_type: kind as i32,
                 born_timestamp: Some(timestamp(SystemTime::now())),
-                born_host: crate::headers::hostname(),
+                born_host: crate::headers::hostname().to_string(),
                 delivery_timestamp: self.delivery_time.map(timestamp),
                 queue_id,
                 message_group: self.message_group.clone(),

@@ -108,7 +108,12 @@ impl Session {
             reason: crate::error::chain(&e),
         })?;
         let client_id = headers::new_client_id();
-        let h = Headers::new(&client_id, &config.namespace, config.credentials.clone());
+        let h = Headers::new(&client_id, &config.namespace, config.credentials.clone()).map_err(
+            |e| ClientError::Invalid {
+                what: "namespace",
+                why: e.message().to_string(),
+            },
+        )?;
         let rpc = MessagingServiceClient::with_interceptor(channel, h)
             .max_decoding_message_size(MAX_DECODING_BYTES)
             .max_encoding_message_size(MAX_DECODING_BYTES);
@@ -239,7 +244,7 @@ impl Session {
                     language: pb::Language::Rust as i32,
                     version: headers::CLIENT_VERSION.to_string(),
                     platform: std::env::consts::OS.to_string(),
-                    hostname: headers::hostname(),
+                    hostname: headers::hostname().to_string(),
                 }),
                 metric: None,
                 client_properties: Default::default(),
