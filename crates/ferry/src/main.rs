@@ -55,7 +55,7 @@ fn main() -> std::process::ExitCode {
     let default_level = match cli.command {
         Command::Serve(_) => "info",
         // The benchmarks start many clients; each would log its start.
-        Command::Bench(_) => "info,ferry_client=warn",
+        Command::Bench(_) => "info,ferry_client=warn,async_nats=warn,lapin=warn",
         Command::Outbox(ref a) if a.is_relay() => "info",
         _ => "warn",
     };
