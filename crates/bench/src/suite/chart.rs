@@ -146,6 +146,17 @@ pub fn svg(report: &Report) -> String {
                 .map(|p| p.publish_per_s.max(p.consume_per_s))
                 .fold(0.0, f64::max),
         );
+        // The warm-up, not measured, shaded.
+        let warmup = report
+            .workloads
+            .iter()
+            .find(|x| x.name == *w)
+            .map_or(0.0, |x| x.warmup_s);
+        let _ = writeln!(
+            out,
+            "<rect x=\"{x0:.1}\" y=\"{top:.1}\" width=\"{:.1}\" height=\"{PLOT_H:.1}\" fill=\"#eeeeee\"/>",
+            (warmup / t_max * panel_w).min(panel_w)
+        );
         frame(&mut out, x0, top, panel_w, PLOT_H);
         text(
             &mut out,
@@ -153,7 +164,7 @@ pub fn svg(report: &Report) -> String {
             top - 8.0,
             "middle",
             13,
-            &format!("{w}: msg/s over time (s)"),
+            &format!("{w}: msg/s over time (s), warm-up shaded"),
         );
         text(
             &mut out,

@@ -16,8 +16,9 @@ use super::{
 };
 use crate::suite::workload::{Kind, Workload};
 
-/// Messages one receive asks for.
-const RECEIVE_BATCH: usize = 64;
+/// Messages one receive asks for: the same window as the peers' drivers
+/// (RabbitMQ prefetch, NATS fetch batch).
+const RECEIVE_BATCH: usize = 256;
 /// Long enough that a slow run never sees redeliveries.
 const INVISIBLE: Duration = Duration::from_secs(60);
 
