@@ -2,7 +2,7 @@
 //! when the request was made, and (with credentials) its signature.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
@@ -17,8 +17,10 @@ use crate::config::Credentials;
 pub const CLIENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Adds the RocketMQ headers to every outgoing call. The values that do not
-/// change are parsed once, and the date-time header once a second: this
-/// runs for every request, and a producer makes tens of thousands a second.
+/// change are parsed once, and the date-time header (with its signature)
+/// once a second: this runs for every request, and a producer makes tens of
+/// thousands a second. tonic clones the interceptor with the client for
+/// each call, so the per-second value lives behind a shared lock.
 #[derive(Clone)]
 pub(crate) struct Headers {
     client_id: Arc<str>,
@@ -26,8 +28,10 @@ pub(crate) struct Headers {
     namespace: Option<MetadataValue<Ascii>>,
     credentials: Option<Arc<Credentials>>,
     /// The second and its formatted `x-mq-date-time` (and signature).
-    now: Option<(u64, MetadataValue<Ascii>, Option<MetadataValue<Ascii>>)>,
+    now: Arc<Mutex<Option<Stamp>>>,
 }
+
+type Stamp = (u64, MetadataValue<Ascii>, Option<MetadataValue<Ascii>>);
 
 impl Headers {
     /// Fails when the client id or namespace is not a valid header value
@@ -46,7 +50,7 @@ impl Headers {
                 Some(value(namespace)?)
             },
             credentials: credentials.map(Arc::new),
-            now: None,
+            now: Arc::new(Mutex::new(None)),
         })
     }
 }
@@ -62,16 +66,24 @@ impl Interceptor for Headers {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let now = SystemTime::now();
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let (date_value, auth_value) = match &self.now {
-            Some((s, d, a)) if *s == second => (d.clone(), a.clone()),
-            _ => {
+        let cached = {
+            let stamp = self.now.lock().unwrap_or_else(|p| p.into_inner());
+            match &*stamp {
+                Some((s, d, a)) if *s == second => Some((d.clone(), a.clone())),
+                _ => None,
+            }
+        };
+        let (date_value, auth_value) = match cached {
+            Some(v) => v,
+            None => {
                 let text = date_time(now);
                 let auth = match &self.credentials {
                     Some(c) => Some(value(&authorization(c, &text))?),
                     None => None,
                 };
                 let d = value(&text)?;
-                self.now = Some((second, d.clone(), auth.clone()));
+                *self.now.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((second, d.clone(), auth.clone()));
                 (d, auth)
             }
         };
@@ -185,6 +197,39 @@ fn radix36(mut n: u64) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn clones_share_the_per_second_stamp() {
+        let h = Headers::new(
+            "c1",
+            "ns",
+            Some(Credentials {
+                access_key: "ak".into(),
+                secret_key: "sk".into(),
+            }),
+        )
+        .unwrap();
+        let mut a = h.clone();
+        let req = a.call(Request::new(())).unwrap();
+        assert!(h.now.lock().unwrap().is_some(), "filled through a clone");
+        let md = req.metadata();
+        assert_eq!(md.get("x-mq-client-id").unwrap(), "c1");
+        assert_eq!(md.get("x-mq-namespace").unwrap(), "ns");
+        let date = md.get("x-mq-date-time").unwrap().to_str().unwrap();
+        let auth = md.get("authorization").unwrap().to_str().unwrap();
+        assert_eq!(
+            auth,
+            authorization(
+                &Credentials {
+                    access_key: "ak".into(),
+                    secret_key: "sk".into(),
+                },
+                date
+            ),
+            "the signature is over the date sent with it"
+        );
+        assert!(Headers::new("bad\nid", "", None).is_err());
+    }
 
     #[test]
     fn date_time_is_utc_compact() {

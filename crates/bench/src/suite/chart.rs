@@ -218,6 +218,8 @@ pub fn svg(report: &Report) -> String {
             .log10()
             .ceil();
         let lo = -1.0f64; // 0.1 ms
+                          // At least one decade, so an empty panel never divides by zero.
+        let hi = hi.max(lo + 1.0);
         for decade in (lo as i32)..=(hi as i32) {
             let y = top + PLOT_H - (decade as f64 - lo) / (hi - lo) * PLOT_H;
             let _ = writeln!(

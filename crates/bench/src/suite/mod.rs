@@ -139,6 +139,9 @@ async fn run_async(a: SuiteArgs) -> Result<(), BoxError> {
         .map_err(|e| format!("cannot create {}: {e}", a.out.display()))?;
     let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let mib = a.disk_mib.unwrap_or(if a.smoke { 32 } else { 1024 });
+    if mib == 0 {
+        return Err("--disk-mib must be at least 1".into());
+    }
     eprintln!(
         "suite: probing the disk under {} ({mib} MiB)",
         a.work_dir.display()

@@ -145,7 +145,7 @@ impl Report {
                     });
                 }
             }
-            let frac = f.publish_mb_per_s / self.disk.sequential_mb_per_s;
+            let frac = f.publish_mb_per_s / self.disk.sequential_mb_per_s.max(1e-9);
             t.push(Target {
                 what: format!("{w}: Ferry publish bytes / raw sequential disk write"),
                 figure: format!(
@@ -230,6 +230,9 @@ impl Report {
                     if x.not_received > 0 {
                         notes.push(format!("{} not received by the end", x.not_received));
                     }
+                    if x.duplicates > 0 {
+                        notes.push(format!("{} redelivered", x.duplicates));
+                    }
                     if x.order_violations > 0 {
                         notes.push(format!("{} ORDER VIOLATIONS", x.order_violations));
                     }
@@ -256,8 +259,10 @@ impl Report {
                 Outcome::NotApplicable { reason } => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | n/a | | | | | | | | | {reason} |",
-                        r.workload, r.driver
+                        "| {} | {} | n/a | | | | | | | | | {} |",
+                        r.workload,
+                        r.driver,
+                        reason.replace('|', "/")
                     );
                 }
                 Outcome::Failed { error } => {

@@ -88,9 +88,13 @@ pub struct Measured {
     pub publish_errors: u64,
     pub consume_errors: u64,
     pub error_samples: Vec<String>,
-    /// Acknowledged messages never received before the drain deadline.
+    /// Acknowledged messages never received before the drain deadline
+    /// (acknowledged count minus distinct messages received; a message
+    /// stored although its publish reported an error can hide a loss).
     pub not_received: u64,
-    /// FIFO: messages received before their group's earlier message.
+    /// Receipts of a message already received (redeliveries).
+    pub duplicates: u64,
+    /// FIFO: messages received after a later message of their group.
     pub order_violations: u64,
     /// Delayed: messages received before their delivery time.
     pub early: u64,
@@ -113,8 +117,13 @@ struct Stats {
     errors: Vec<String>,
     order_violations: u64,
     early: u64,
-    /// FIFO: last sequence received per (producer, group).
+    /// FIFO: highest sequence received per (producer, group).
     last_seq: HashMap<(u32, u32), u64>,
+    /// Sequences received per (producer, lane), one bit each: sequences of
+    /// a lane are dense from 1, so this tells a duplicate from a new
+    /// message in n/8 bytes.
+    seen: HashMap<(u32, u32), Vec<u64>>,
+    duplicates: u64,
     series_pub: Vec<u64>,
     series_con: Vec<u64>,
 }
@@ -127,11 +136,47 @@ struct Shared {
     bucket: Duration,
     stats: Mutex<Stats>,
     published_total: AtomicU64,
+    /// Distinct messages received (duplicates left out).
     received_total: AtomicU64,
     stop: AtomicBool,
 }
 
 impl Shared {
+    fn new(
+        w: &Workload,
+        start: Instant,
+        bucket: Duration,
+        buckets: usize,
+    ) -> Result<Shared, BoxError> {
+        let warm_end = start + Duration::from_secs_f64(w.warmup_s);
+        Ok(Shared {
+            w: w.clone(),
+            start,
+            warm_end,
+            end: warm_end + Duration::from_secs_f64(w.duration_s),
+            bucket,
+            stats: Mutex::new(Stats {
+                publish: Histogram::new_with_max(MAX_LATENCY_US, 3)?,
+                e2e: Histogram::new_with_max(MAX_LATENCY_US, 3)?,
+                published_in_window: 0,
+                consumed_in_window: 0,
+                publish_errors: 0,
+                consume_errors: 0,
+                errors: Vec::new(),
+                order_violations: 0,
+                early: 0,
+                last_seq: HashMap::new(),
+                seen: HashMap::new(),
+                duplicates: 0,
+                series_pub: vec![0; buckets],
+                series_con: vec![0; buckets],
+            }),
+            published_total: AtomicU64::new(0),
+            received_total: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
     fn in_window(&self, t: Instant) -> bool {
         t >= self.warm_end && t < self.end
     }
@@ -158,9 +203,11 @@ impl Shared {
                 if self.in_window(done) {
                     st.published_in_window += n;
                 }
-                let b = self.bucket_of(done);
-                if let Some(slot) = st.series_pub.get_mut(b) {
-                    *slot += n;
+                if done < self.end {
+                    let b = self.bucket_of(done);
+                    if let Some(slot) = st.series_pub.get_mut(b) {
+                        *slot += n;
+                    }
                 }
             }
             Err(e) => {
@@ -172,16 +219,17 @@ impl Shared {
 
     fn record_receipt(&self, r: Received) {
         let n = r.bodies.len() as u64;
-        self.received_total.fetch_add(n, Ordering::Relaxed);
         let delay = Duration::from_millis(self.w.delay_ms);
         let mut guard = self.stats.lock().expect("stats");
         let st = &mut *guard;
         if self.in_window(r.at) {
             st.consumed_in_window += n;
         }
-        let b = self.bucket_of(r.at);
-        if let Some(slot) = st.series_con.get_mut(b) {
-            *slot += n;
+        if r.at < self.end {
+            let b = self.bucket_of(r.at);
+            if let Some(slot) = st.series_con.get_mut(b) {
+                *slot += n;
+            }
         }
         for body in &r.bodies {
             let Some(h) = Header::read(body) else {
@@ -192,6 +240,17 @@ impl Shared {
                 }
                 continue;
             };
+            let bits = st.seen.entry((h.producer, h.group)).or_default();
+            let (word, bit) = ((h.seq / 64) as usize, h.seq % 64);
+            if bits.len() <= word {
+                bits.resize(word + 1, 0);
+            }
+            if bits[word] & (1 << bit) != 0 {
+                st.duplicates += 1;
+                continue;
+            }
+            bits[word] |= 1 << bit;
+            self.received_total.fetch_add(1, Ordering::Relaxed);
             let intended = self.start + Duration::from_nanos(h.sent_ns);
             let due = intended + delay;
             if r.at < due {
@@ -202,15 +261,13 @@ impl Shared {
                 let _ = st.e2e.record(us.clamp(1, MAX_LATENCY_US));
             }
             if self.w.kind == Kind::Fifo {
+                // An inversion: a later message of the group came first. A
+                // gap alone is not one (a failed publish leaves a gap), and
+                // redeliveries were counted above.
                 let last = st.last_seq.entry((h.producer, h.group)).or_insert(0);
-                if h.seq <= *last {
+                if h.seq < *last {
                     st.order_violations += 1;
                 } else {
-                    if h.seq != *last + 1 {
-                        // A gap: an earlier message of the group is missing
-                        // or comes later, either way out of order.
-                        st.order_violations += 1;
-                    }
                     *last = h.seq;
                 }
             }
@@ -260,7 +317,15 @@ fn drain_limit(w: &Workload) -> Duration {
     Duration::from_millis(w.delay_ms) + Duration::from_secs_f64((w.duration_s * 0.5).max(5.0))
 }
 
-/// Runs `w` once against `driver` and returns its figures.
+/// Longest wait for one publish call before it counts as an error: a broker
+/// that stops answering (a RabbitMQ resource alarm blocks publishers
+/// silently) must not hang the suite.
+const PUBLISH_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `w` once against `driver` and returns its figures. Whatever
+/// happens after the driver prepared the run — a lane that panics, a
+/// consumer that hangs — consumers are stopped and the driver's teardown
+/// runs before this returns.
 pub async fn run(driver: &dyn Driver, w: &Workload, run_id: &str) -> Result<Measured, BoxError> {
     let run = driver.prepare(w, run_id).await?;
     let start = Instant::now();
@@ -269,31 +334,8 @@ pub async fn run(driver: &dyn Driver, w: &Workload, run_id: &str) -> Result<Meas
     let total = Duration::from_secs_f64(w.warmup_s + w.duration_s);
     // About 60 points over the run, between 100 ms and 1 s apart.
     let bucket = Duration::from_secs_f64((total.as_secs_f64() / 60.0).clamp(0.1, 1.0));
-    let buckets = (total.as_nanos() / bucket.as_nanos()) as usize + 1;
-    let shared = Arc::new(Shared {
-        w: w.clone(),
-        start,
-        warm_end,
-        end,
-        bucket,
-        stats: Mutex::new(Stats {
-            publish: Histogram::new_with_max(MAX_LATENCY_US, 3)?,
-            e2e: Histogram::new_with_max(MAX_LATENCY_US, 3)?,
-            published_in_window: 0,
-            consumed_in_window: 0,
-            publish_errors: 0,
-            consume_errors: 0,
-            errors: Vec::new(),
-            order_violations: 0,
-            early: 0,
-            last_seq: HashMap::new(),
-            series_pub: vec![0; buckets],
-            series_con: vec![0; buckets],
-        }),
-        published_total: AtomicU64::new(0),
-        received_total: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
+    let buckets = (total.as_secs_f64() / bucket.as_secs_f64()).ceil().max(1.0) as usize;
+    let shared = Arc::new(Shared::new(w, start, bucket, buckets)?);
     let sampler = Sampler::spawn(run.broker_pid, warm_end, end);
 
     let mut consumers = Vec::new();
@@ -308,16 +350,13 @@ pub async fn run(driver: &dyn Driver, w: &Workload, run_id: &str) -> Result<Meas
                     }
                     Err(e) => Err(e),
                 };
-                match r {
-                    Ok(()) => {}
-                    Err(e) => {
-                        {
-                            let mut st = s.stats.lock().expect("stats");
-                            st.consume_errors += 1;
-                            Shared::note_error(&mut st, &e);
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Err(e) = r {
+                    {
+                        let mut st = s.stats.lock().expect("stats");
+                        st.consume_errors += 1;
+                        Shared::note_error(&mut st, &e);
                     }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
             // The subscriber (and its connection) goes with the task.
@@ -326,11 +365,14 @@ pub async fn run(driver: &dyn Driver, w: &Workload, run_id: &str) -> Result<Meas
     }
 
     let mut lanes = Vec::new();
-    let per_producer_rate = w
-        .rate
-        .per_second()
-        .map(|r| r as f64 / run.publishers.len() as f64);
+    let producers = run.publishers.len();
     for (pi, publisher) in run.publishers.iter().enumerate() {
+        // Producer p's ticket k is due at (k·P + p)·batch / rate: the
+        // producers take turns instead of sending in bursts of P.
+        let pacing = w.rate.per_second().map(|r| Pacing {
+            per_ticket: Duration::from_secs_f64(w.batch_size as f64 * producers as f64 / r as f64),
+            offset: Duration::from_secs_f64(w.batch_size as f64 * pi as f64 / r as f64),
+        });
         let tickets = Arc::new(AtomicU64::new(0));
         for lane in 0..w.lanes() {
             let (s, p, tickets) = (shared.clone(), publisher.clone(), tickets.clone());
@@ -338,21 +380,26 @@ pub async fn run(driver: &dyn Driver, w: &Workload, run_id: &str) -> Result<Meas
                 s,
                 p,
                 tickets,
-                per_producer_rate,
+                pacing,
                 pi as u32,
                 lane as u32,
             )));
         }
     }
+    let mut lane_failure = None;
     for l in lanes {
-        l.await?;
+        if let Err(e) = l.await {
+            lane_failure.get_or_insert_with(|| format!("a publish lane failed: {e}"));
+        }
     }
-    let drain_until = Instant::now() + drain_limit(w);
-    while shared.received_total.load(Ordering::Relaxed)
-        < shared.published_total.load(Ordering::Relaxed)
-        && Instant::now() < drain_until
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if lane_failure.is_none() {
+        let drain_until = Instant::now() + drain_limit(w);
+        while shared.received_total.load(Ordering::Relaxed)
+            < shared.published_total.load(Ordering::Relaxed)
+            && Instant::now() < drain_until
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     shared.stop.store(true, Ordering::Relaxed);
     for c in consumers {
@@ -367,6 +414,9 @@ pub async fn run(driver: &dyn Driver, w: &Workload, run_id: &str) -> Result<Meas
     }
     let usage = sampler.finish().await;
     (run.teardown)().await;
+    if let Some(e) = lane_failure {
+        return Err(e.into());
+    }
 
     let st = shared.stats.lock().expect("stats");
     let window = w.duration_s;
@@ -378,10 +428,16 @@ pub async fn run(driver: &dyn Driver, w: &Workload, run_id: &str) -> Result<Meas
         .iter()
         .zip(&st.series_con)
         .enumerate()
-        .map(|(i, (p, c))| SeriesPoint {
-            t_s: ((i + 1) as f64 * bucket.as_secs_f64()).min(total.as_secs_f64()),
-            publish_per_s: *p as f64 / bucket.as_secs_f64(),
-            consume_per_s: *c as f64 / bucket.as_secs_f64(),
+        .map(|(i, (p, c))| {
+            let from = i as f64 * bucket.as_secs_f64();
+            let to = ((i + 1) as f64 * bucket.as_secs_f64()).min(total.as_secs_f64());
+            // The last interval may be shorter than the others.
+            let width = (to - from).max(1e-3);
+            SeriesPoint {
+                t_s: to,
+                publish_per_s: *p as f64 / width,
+                consume_per_s: *c as f64 / width,
+            }
         })
         .collect();
     Ok(Measured {
@@ -398,6 +454,7 @@ pub async fn run(driver: &dyn Driver, w: &Workload, run_id: &str) -> Result<Meas
         consume_errors: st.consume_errors,
         error_samples: st.errors.clone(),
         not_received: published_total.saturating_sub(received_total),
+        duplicates: st.duplicates,
         order_violations: st.order_violations,
         early: st.early,
         broker_cpu_pct: usage.broker_cpu_pct,
@@ -407,13 +464,23 @@ pub async fn run(driver: &dyn Driver, w: &Workload, run_id: &str) -> Result<Meas
     })
 }
 
-/// One lane of a producer: a batch at a time, paced by the shared ticket
-/// counter when the rate is fixed.
+/// When a producer's tickets fall due at a fixed rate.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    per_ticket: Duration,
+    offset: Duration,
+}
+
+/// One lane of a producer: a batch at a time, paced by the producer's
+/// shared ticket counter when the rate is fixed. The due time is the
+/// intended send time; the timer wakes the lane at most about a
+/// millisecond after it (tokio's timer granularity), and that lateness is
+/// counted in the latency, for every broker alike.
 async fn publish_lane(
     s: Arc<Shared>,
     publisher: Arc<dyn Publisher>,
     tickets: Arc<AtomicU64>,
-    rate: Option<f64>,
+    pacing: Option<Pacing>,
     producer: u32,
     lane: u32,
 ) {
@@ -421,10 +488,10 @@ async fn publish_lane(
     let batch = w.batch_size;
     let mut seq = 0u64;
     loop {
-        let intended = match rate {
-            Some(r) => {
+        let intended = match pacing {
+            Some(p) => {
                 let k = tickets.fetch_add(1, Ordering::Relaxed);
-                let t = s.start + Duration::from_secs_f64(k as f64 * batch as f64 / r);
+                let t = s.start + p.offset + p.per_ticket.mul_f64(k as f64);
                 if t >= s.end {
                     break;
                 }
@@ -456,7 +523,10 @@ async fn publish_lane(
                 }
             })
             .collect();
-        let r = publisher.publish(payloads).await;
+        let r = match tokio::time::timeout(PUBLISH_LIMIT, publisher.publish(payloads)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer to a publish within {PUBLISH_LIMIT:?}").into()),
+        };
         s.record_publish(intended, Instant::now(), batch as u64, r);
     }
 }
@@ -464,6 +534,44 @@ async fn publish_lane(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn receipt(s: &Shared, lane: u32, seqs: &[u64]) {
+        let bodies = seqs
+            .iter()
+            .map(|&seq| {
+                Header {
+                    sent_ns: 0,
+                    producer: 0,
+                    group: lane,
+                    seq,
+                }
+                .body(64)
+            })
+            .collect();
+        s.record_receipt(Received {
+            at: Instant::now(),
+            bodies,
+        });
+    }
+
+    #[test]
+    fn fifo_check_counts_inversions_not_gaps_and_duplicates_apart() {
+        let w = Workload::parse(
+            "name = \"f\"\nkind = \"fifo\"\nmessage_size = 64\ngroups = 2\nrate = \"max\"\nwarmup_s = 0\nduration_s = 10\n",
+            "test",
+        )
+        .unwrap();
+        let s = Shared::new(&w, Instant::now(), Duration::from_secs(1), 10).unwrap();
+        receipt(&s, 0, &[1, 2, 4]); // 3 failed to publish: a gap, in order
+        receipt(&s, 1, &[1, 2]);
+        receipt(&s, 0, &[4]); // redelivered
+        receipt(&s, 1, &[5, 3]); // 3 after 5: an inversion
+        let st = s.stats.lock().unwrap();
+        assert_eq!(st.order_violations, 1);
+        assert_eq!(st.duplicates, 1);
+        assert_eq!(s.received_total.load(Ordering::Relaxed), 7);
+        assert_eq!(st.consumed_in_window, 8, "every receipt counts as consumed");
+    }
 
     #[test]
     fn header_round_trips_and_short_bodies_are_refused() {

@@ -165,8 +165,8 @@ impl Workload {
         }
     }
 
-    /// Shortens the run for a smoke test: seconds, not minutes, and fixed
-    /// rates scaled down with it so the backlog stays small.
+    /// Shortens the run for a smoke test: seconds, not minutes. Rates stay
+    /// as they are; delays are capped at half a second.
     pub fn smoke(mut self) -> Workload {
         self.warmup_s = self.warmup_s.min(0.5);
         self.duration_s = self.duration_s.min(1.5);

@@ -491,8 +491,9 @@ impl Subscriber for NatsSubscriber {
                         bodies.push(m.payload.clone());
                         self.unacked.push(m);
                     }
-                    Some(Some(Err(e))) => return Err(format!("JetStream pull: {e}").into()),
-                    Some(None) | None => break,
+                    // What came before the error is returned (and acked
+                    // with it); the error shows again on the next call.
+                    Some(Some(Err(_))) | Some(None) | None => break,
                 }
             }
             Ok(Received {

@@ -349,8 +349,9 @@ impl Subscriber for RabbitSubscriber {
                         last = d.delivery_tag;
                         bodies.push(Bytes::from(d.data));
                     }
-                    Some(Some(Err(e))) => return Err(format!("RabbitMQ delivery: {e}").into()),
-                    Some(None) | None => break,
+                    // What came before the error is returned (and acked
+                    // with it); the error shows again on the next call.
+                    Some(Some(Err(_))) | Some(None) | None => break,
                 }
             }
             let at = Instant::now();
