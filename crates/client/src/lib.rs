@@ -40,6 +40,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod coalesce;
 mod config;
 mod consumer;
 mod error;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use ferry_proto::v2 as pb;
 use tracing::debug;
 
+use crate::coalesce::{self, Coalescer};
 use crate::config::ClientConfig;
 use crate::error::{check, ClientError, Result};
 use crate::id::new_message_id;
@@ -31,6 +32,7 @@ pub(crate) struct ProducerInner {
     pub session: Arc<Session>,
     routes: Routes,
     next_queue: AtomicUsize,
+    pub(crate) coalescer: Coalescer,
 }
 
 /// Configures a [`Producer`] (or a transaction producer).
@@ -99,6 +101,7 @@ impl ProducerInner {
             session,
             routes: Routes::default(),
             next_queue: AtomicUsize::new(0),
+            coalescer: Coalescer::default(),
         });
         for t in &topics {
             if let Err(e) = inner.routes.get(&inner.session, t).await {
@@ -279,7 +282,16 @@ impl Producer {
     }
 
     /// Sends one message; answers once the broker has it durably.
+    /// Plain messages sent concurrently to the same topic share calls to
+    /// the broker (see [`crate::coalesce`]); each still gets its own
+    /// receipt or error.
     pub async fn send(&self, message: Message) -> Result<SendReceipt> {
+        if coalesce::eligible(&message) {
+            self.inner.session.ensure_running()?;
+            message.message_type(false)?;
+            message.check(self.inner.session.server().max_body)?;
+            return self.inner.coalescer.send(&self.inner, message).await;
+        }
         self.inner.send_one(&message, false, None).await
     }
 
