@@ -329,14 +329,12 @@ const PUBLISH_LIMIT: Duration = Duration::from_secs(30);
 pub async fn run(driver: &dyn Driver, w: &Workload, run_id: &str) -> Result<Measured, BoxError> {
     let run = driver.prepare(w, run_id).await?;
     let start = Instant::now();
-    let warm_end = start + Duration::from_secs_f64(w.warmup_s);
-    let end = warm_end + Duration::from_secs_f64(w.duration_s);
     let total = Duration::from_secs_f64(w.warmup_s + w.duration_s);
     // About 60 points over the run, between 100 ms and 1 s apart.
     let bucket = Duration::from_secs_f64((total.as_secs_f64() / 60.0).clamp(0.1, 1.0));
     let buckets = (total.as_secs_f64() / bucket.as_secs_f64()).ceil().max(1.0) as usize;
     let shared = Arc::new(Shared::new(w, start, bucket, buckets)?);
-    let sampler = Sampler::spawn(run.broker_pid, warm_end, end);
+    let sampler = Sampler::spawn(run.broker_pid, shared.warm_end, shared.end);
 
     let mut consumers = Vec::new();
     for mut sub in run.subscribers {

@@ -21,6 +21,8 @@ use crate::suite::workload::{Kind, Workload};
 const RECEIVE_BATCH: usize = 256;
 /// Long enough that a slow run never sees redeliveries.
 const INVISIBLE: Duration = Duration::from_secs(60);
+/// How long a started broker may take to listen.
+const START_LIMIT: Duration = Duration::from_secs(15);
 
 pub struct Ferry {
     /// The `ferry` binary to start (normally the one running the suite).
@@ -54,30 +56,14 @@ impl Driver for Ferry {
             let dir = tempfile::tempdir_in(&self.work_dir)?;
             let grpc = format!("127.0.0.1:{}", free_port()?);
             let http = format!("127.0.0.1:{}", free_port()?);
-            let log_path = dir.path().join("ferry.log");
-            let log = std::fs::File::create(&log_path)?;
-            let inner = std::process::Command::new(&self.bin)
-                .arg("serve")
+            let mut cmd = std::process::Command::new(&self.bin);
+            cmd.arg("serve")
                 .arg("--data-dir")
                 .arg(dir.path().join("data"))
                 .args(["--grpc-listen", &grpc, "--http-listen", &http])
-                .env("FERRY_LOG", "warn")
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
-            let mut child = Child {
-                inner,
-                name: "ferry serve",
-            };
-            let until = Instant::now() + Duration::from_secs(15);
-            while tokio::net::TcpStream::connect(&grpc).await.is_err() {
-                child.check_alive(&log_path)?;
-                if Instant::now() > until {
-                    return Err(format!("ferry serve did not listen on {grpc} within 15 s").into());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                .env("FERRY_LOG", "warn");
+            let log = dir.path().join("ferry.log");
+            let child = Child::start(cmd, "ferry serve", &log, &grpc, START_LIMIT).await?;
             let topic = format!("bench-{run_id}");
             let group = format!("bench-{run_id}");
             if w.kind == Kind::Fifo {

@@ -96,18 +96,35 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Waits until something accepts TCP connections on `addr`, or `limit`.
-pub async fn wait_for_port(addr: &str, limit: Duration) -> Result<(), BoxError> {
-    let until = Instant::now() + limit;
-    loop {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > until => {
-                return Err(format!("nothing listens on {addr} after {limit:?}: {e}").into())
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+/// What a subscriber receives in one `next`: the first item of `stream`
+/// within `wait` (none: an empty batch), then whatever has already arrived,
+/// up to `max`, without waiting. An error after the first item ends the
+/// batch: what came before it is returned, and the error shows again on
+/// the next call. `what` names the stream in errors.
+pub async fn ready_batch<S, T, E>(
+    stream: &mut S,
+    max: usize,
+    wait: Duration,
+    what: &str,
+) -> Result<Vec<T>, BoxError>
+where
+    S: futures_util::Stream<Item = Result<T, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    use futures_util::{FutureExt, StreamExt};
+    let first = match tokio::time::timeout(wait, stream.next()).await {
+        Err(_) => return Ok(Vec::new()),
+        Ok(None) => return Err(format!("{what} ended").into()),
+        Ok(Some(item)) => item.map_err(|e| format!("{what}: {e}"))?,
+    };
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(item))) => batch.push(item),
+            Some(Some(Err(_))) | Some(None) | None => break,
         }
     }
+    Ok(batch)
 }
 
 /// A child process (a broker the driver started) killed when dropped, so
@@ -118,13 +135,43 @@ pub struct Child {
 }
 
 impl Child {
+    /// Starts `cmd` (a broker) with its output in `log`, and waits until it
+    /// accepts TCP connections on `addr`. Fails within `limit`, or at once
+    /// with the tail of the log when the process exits first (a refused
+    /// configuration, a taken port).
+    pub async fn start(
+        mut cmd: std::process::Command,
+        name: &'static str,
+        log: &std::path::Path,
+        addr: &str,
+        limit: Duration,
+    ) -> Result<Child, BoxError> {
+        let file = std::fs::File::create(log)?;
+        let inner = cmd
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
+        let mut child = Child { inner, name };
+        let until = Instant::now() + limit;
+        while let Err(e) = tokio::net::TcpStream::connect(addr).await {
+            child.exited(log)?;
+            if Instant::now() > until {
+                return Err(
+                    format!("{name} does not listen on {addr} after {limit:?}: {e}").into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(child)
+    }
+
     pub fn pid(&self) -> u32 {
         self.inner.id()
     }
 
-    /// Fails with the tail of `log` if the process has already exited
-    /// (a refused configuration, a taken port).
-    pub fn check_alive(&mut self, log: &std::path::Path) -> Result<(), BoxError> {
+    /// Fails with the tail of `log` if the process has already exited.
+    fn exited(&mut self, log: &std::path::Path) -> Result<(), BoxError> {
         if let Some(status) = self.inner.try_wait()? {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();

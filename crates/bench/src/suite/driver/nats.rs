@@ -27,11 +27,10 @@ use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
 use async_nats::jetstream::context::ContextBuilder;
 use async_nats::{Client, HeaderMap, Subject};
-use futures_util::{FutureExt, StreamExt};
 
 use super::{
-    free_port, wait_for_port, BoxError, BoxFuture, Child, Driver, Payload, Publisher, Received,
-    Run, Subscriber,
+    free_port, ready_batch, BoxError, BoxFuture, Child, Driver, Payload, Publisher, Received, Run,
+    Subscriber,
 };
 use crate::suite::workload::{Kind, Workload};
 
@@ -189,28 +188,10 @@ impl Driver for Nats {
                     "listen: {addr}\njetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n"
                 ),
             )?;
-            let log_path = dir.path().join("nats.log");
-            let log = std::fs::File::create(&log_path)?;
-            let inner = std::process::Command::new(&self.server_bin)
-                .arg("-c")
-                .arg(&conf)
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("cannot start {}: {e}", self.server_bin.display()))?;
-            let mut child = Child {
-                inner,
-                name: "nats-server",
-            };
-            let until = Instant::now() + START_LIMIT;
-            loop {
-                child.check_alive(&log_path)?;
-                match wait_for_port(&addr, Duration::from_millis(200)).await {
-                    Ok(()) => break,
-                    Err(e) if Instant::now() > until => return Err(e),
-                    Err(_) => {}
-                }
-            }
+            let mut cmd = std::process::Command::new(&self.server_bin);
+            cmd.arg("-c").arg(&conf);
+            let log = dir.path().join("nats.log");
+            let child = Child::start(cmd, "nats-server", &log, &addr, START_LIMIT).await?;
             let broker_pid = Some(child.pid());
             let (publishers, subscribers, clients) = clients(w, run_id, &addr).await?;
             Ok(Run {
@@ -472,34 +453,12 @@ struct NatsSubscriber {
 impl Subscriber for NatsSubscriber {
     fn next(&mut self) -> BoxFuture<'_, Result<Received, BoxError>> {
         Box::pin(async move {
-            let first = match tokio::time::timeout(WAIT, self.messages.next()).await {
-                Err(_) => {
-                    return Ok(Received {
-                        at: Instant::now(),
-                        bodies: Vec::new(),
-                    })
-                }
-                Ok(None) => return Err("the JetStream pull stream ended".into()),
-                Ok(Some(m)) => m.map_err(|e| format!("JetStream pull: {e}"))?,
-            };
-            let mut bodies = vec![first.payload.clone()];
-            self.unacked.push(first);
-            // Whatever else has already arrived, no waiting.
-            while bodies.len() < RECEIVE_BATCH {
-                match self.messages.next().now_or_never() {
-                    Some(Some(Ok(m))) => {
-                        bodies.push(m.payload.clone());
-                        self.unacked.push(m);
-                    }
-                    // What came before the error is returned (and acked
-                    // with it); the error shows again on the next call.
-                    Some(Some(Err(_))) | Some(None) | None => break,
-                }
-            }
-            Ok(Received {
-                at: Instant::now(),
-                bodies,
-            })
+            let messages =
+                ready_batch(&mut self.messages, RECEIVE_BATCH, WAIT, "JetStream pull").await?;
+            let at = Instant::now();
+            let bodies = messages.iter().map(|m| m.payload.clone()).collect();
+            self.unacked.extend(messages);
+            Ok(Received { at, bodies })
         })
     }
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::maybe_done;
-use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -24,7 +23,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 
-use super::{BoxError, BoxFuture, Driver, Payload, Publisher, Received, Run, Subscriber};
+use super::{
+    ready_batch, BoxError, BoxFuture, Driver, Payload, Publisher, Received, Run, Subscriber,
+};
 use crate::suite::workload::{Kind, Workload};
 
 /// Unacknowledged deliveries the server may push to one consumer, and the
@@ -330,31 +331,24 @@ struct RabbitSubscriber {
 impl Subscriber for RabbitSubscriber {
     fn next(&mut self) -> BoxFuture<'_, Result<Received, BoxError>> {
         Box::pin(async move {
-            let first = match tokio::time::timeout(WAIT, self.consumer.next()).await {
-                Err(_) => {
-                    return Ok(Received {
-                        at: Instant::now(),
-                        bodies: Vec::new(),
-                    })
-                }
-                Ok(None) => return Err("RabbitMQ cancelled the consumer".into()),
-                Ok(Some(d)) => d.map_err(|e| format!("RabbitMQ delivery: {e}"))?,
-            };
-            let mut last = first.delivery_tag;
-            let mut bodies = vec![Bytes::from(first.data)];
-            // Whatever else the prefetch window already brought, no waiting.
-            while bodies.len() < usize::from(PREFETCH) {
-                match self.consumer.next().now_or_never() {
-                    Some(Some(Ok(d))) => {
-                        last = d.delivery_tag;
-                        bodies.push(Bytes::from(d.data));
-                    }
-                    // What came before the error is returned (and acked
-                    // with it); the error shows again on the next call.
-                    Some(Some(Err(_))) | Some(None) | None => break,
-                }
-            }
+            let deliveries = ready_batch(
+                &mut self.consumer,
+                usize::from(PREFETCH),
+                WAIT,
+                "RabbitMQ delivery",
+            )
+            .await?;
             let at = Instant::now();
+            let Some(last) = deliveries.last().map(|d| d.delivery_tag) else {
+                return Ok(Received {
+                    at,
+                    bodies: Vec::new(),
+                });
+            };
+            let bodies = deliveries
+                .into_iter()
+                .map(|d| Bytes::from(d.data))
+                .collect();
             self.unacked = Some(last);
             Ok(Received { at, bodies })
         })
