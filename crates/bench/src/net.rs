@@ -23,11 +23,7 @@ pub fn resource(name: &str) -> Option<pb::Resource> {
     })
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use crate::suite::driver::free_port;
 
 pub async fn connect(addr: &str) -> Result<Channel, Box<dyn std::error::Error + Send + Sync>> {
     let endpoint = Channel::from_shared(format!("http://{addr}"))?;
