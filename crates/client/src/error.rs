@@ -6,7 +6,7 @@ use std::time::Duration;
 use ferry_proto::v2 as pb;
 use pb::Code;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     /// The broker answered with a RocketMQ status other than OK.
     #[error("broker refused ({}, {code}): {message}", code_name(*.code))]

@@ -287,10 +287,11 @@ impl Producer {
     /// receipt or error.
     pub async fn send(&self, message: Message) -> Result<SendReceipt> {
         if coalesce::eligible(&message) {
-            self.inner.session.ensure_running()?;
-            message.message_type(false)?;
-            message.check(self.inner.session.server().max_body)?;
-            return self.inner.coalescer.send(&self.inner, message).await;
+            return self
+                .inner
+                .coalescer
+                .send(&self.inner, message, coalesce::Kind::Plain)
+                .await;
         }
         self.inner.send_one(&message, false, None).await
     }

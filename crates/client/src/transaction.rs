@@ -12,6 +12,7 @@ use std::time::Duration;
 use ferry_proto::v2 as pb;
 use tracing::warn;
 
+use crate::coalesce;
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::message::{Message, ReceivedMessage, SendReceipt};
@@ -168,7 +169,9 @@ impl Transaction {
 
     /// Sends a half message. A message group (FIFO) or a delivery time
     /// (delay) is kept: it applies once the transaction commits (Ferry
-    /// supports both; other brokers may refuse them).
+    /// supports both; other brokers may refuse them). Halves sent at the
+    /// same time by concurrent transactions share calls (see
+    /// [`crate::coalesce`]); each gets its own transaction id.
     pub async fn send(&mut self, message: Message) -> Result<SendReceipt> {
         if self.halves.len() >= MAX_HALVES_PER_TRANSACTION {
             return Err(ClientError::Invalid {
@@ -176,17 +179,27 @@ impl Transaction {
                 why: format!("at most {MAX_HALVES_PER_TRANSACTION} messages per transaction"),
             });
         }
-        let receipt = self
-            .producer
-            .send_one(&message, true, self.check_after)
-            .await?;
+        let topic = message.topic.clone();
+        let receipt = if coalesce::eligible(&message) {
+            let kind = coalesce::Kind::Half {
+                check_after: self.check_after,
+            };
+            self.producer
+                .coalescer
+                .send(&self.producer, message, kind)
+                .await?
+        } else {
+            self.producer
+                .send_one(&message, true, self.check_after)
+                .await?
+        };
         if receipt.transaction_id.is_empty() {
             return Err(ClientError::Protocol(
                 "a half message was stored without a transaction id".into(),
             ));
         }
         self.halves.push(Half {
-            topic: message.topic,
+            topic,
             message_id: receipt.message_id.clone(),
             transaction_id: receipt.transaction_id.clone(),
         });

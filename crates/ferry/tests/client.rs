@@ -657,3 +657,52 @@ async fn concurrent_sends_each_get_their_receipt() {
     assert_eq!(got.len(), 300, "each once");
     assert_eq!(bodies.len(), 300);
 }
+
+/// Half messages of concurrent transactions share calls, yet each half is
+/// its own transaction: committing one never commits its call neighbours,
+/// and rolled-back ones never arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transactions_stay_separate() {
+    let b = Broker::start(&[]);
+    let p = Arc::new(
+        TransactionProducer::builder(b.config(), key_checker())
+            .topics(["tx-shared"])
+            .start()
+            .await
+            .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut t = p.begin();
+            let r = t
+                .send(Message::new("tx-shared", format!("t{i}")).with_key("undecided"))
+                .await?;
+            if i % 2 == 0 {
+                t.commit().await?;
+            } else {
+                t.rollback().await?;
+            }
+            Ok::<_, ClientError>(r.transaction_id)
+        }));
+    }
+    let mut ids = HashSet::new();
+    for t in tasks {
+        let id = t.await.unwrap().expect("each transaction succeeds");
+        assert!(!id.is_empty());
+        assert!(ids.insert(id), "transaction ids are distinct");
+    }
+    let c = simple(&b, "tx-shared-g", "tx-shared", FilterExpression::all()).await;
+    let got = drain(&c, 100, Duration::from_secs(15)).await;
+    let mut bodies: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).to_string())
+        .collect();
+    bodies.sort();
+    let mut want: Vec<String> = (0..200).step_by(2).map(|i| format!("t{i}")).collect();
+    want.sort();
+    assert_eq!(bodies, want, "exactly the committed ones, each once");
+    let more = drain(&c, 1, Duration::from_secs(1)).await;
+    assert!(more.is_empty(), "unexpected: {more:?}");
+}
