@@ -1,10 +1,12 @@
-//! Compiles the RocketMQ v2 `.proto` files with `protox` (a pure-Rust protobuf
-//! compiler), so building Ferry never needs a system `protoc`.
+//! Compiles the RocketMQ v2 `.proto` files and Ferry's extensions with
+//! `protox` (a pure-Rust protobuf compiler), so building Ferry never needs a
+//! system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/apache/rocketmq/v2/definition.proto",
         "proto/apache/rocketmq/v2/service.proto",
+        "proto/ferry/v1/extensions.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -1,10 +1,11 @@
-//! Concurrent sends share calls: messages that callers send at the same
-//! time to the same topic go to the broker together, as one SendMessage
-//! with one entry (and one receipt) per message. Plain messages share with
-//! plain ones; transactional half messages share with halves that asked
-//! for the same first check-back, and each still gets its own transaction
-//! id (the broker issues one per half, so each is committed or rolled back
-//! on its own).
+//! Concurrent calls share: messages that callers send at the same time to
+//! the same topic go to the broker together, as one SendMessage with one
+//! entry (and one receipt) per message; transactions that callers end at
+//! the same time are ended together, with Ferry's EndTransactions. Plain
+//! messages share with plain ones; transactional half messages share with
+//! halves that asked for the same first check-back, and each still gets its
+//! own transaction id (the broker issues one per half, so each is committed
+//! or rolled back on its own).
 //!
 //! Why: each call costs both sides far more CPU than the message in it
 //! (HTTP/2 frames, headers, a stream and a task per call), so a producer
@@ -23,26 +24,121 @@
 //! transactions. Otherwise every caller of the call gets its error, as a
 //! lone half's caller would, and any half that was stored after all is
 //! settled by check-back.
+//!
+//! Ending a transaction twice is harmless (the broker answers a repeat OK
+//! and changes nothing), so an end whose shared call failed is simply sent
+//! again alone, with the usual retries. A broker without EndTransactions
+//! (any broker but Ferry) answers UNIMPLEMENTED once; from then on this
+//! producer ends each transaction with the standard EndTransaction.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ferry_proto::v2 as pb;
 use tokio::sync::oneshot;
+use tracing::debug;
 
-use crate::error::{ClientError, Result};
+use crate::error::{check, ClientError, Result};
 use crate::message::{Message, SendReceipt};
 use crate::producer::ProducerInner;
+use crate::retry;
+use crate::session::Session;
+use crate::transaction::{END_ATTEMPTS, END_PAUSE};
 
-/// Calls in progress per lane before further sends wait to share one.
+/// Calls in progress per lane before further callers wait to share one.
 pub const MAX_CALLS: usize = 2;
-/// Most messages one shared call carries.
+/// Most messages one shared send carries.
 pub const MAX_MESSAGES: usize = 256;
-/// Most body bytes one shared call carries (a message larger than this
+/// Most body bytes one shared send carries (a message larger than this
 /// goes alone).
 pub const MAX_BYTES: usize = 1 << 20;
+/// Most transactions one shared end carries (the broker's bound).
+pub const MAX_ENDS: usize = 1024;
 
-/// What may share a call: one topic, one kind of send.
+/// Callers waiting to share calls, per lane `K`: each gives an item `T`
+/// and gets its own answer `R`.
+struct Queues<K, T, R> {
+    lanes: Mutex<HashMap<K, Waiting<T, R>>>,
+}
+
+struct Waiting<T, R> {
+    callers: VecDeque<(T, oneshot::Sender<R>)>,
+    /// Call slots of the lane now running (at most [`MAX_CALLS`]).
+    calls: usize,
+}
+
+impl<K, T, R> Default for Queues<K, T, R> {
+    fn default() -> Self {
+        Queues {
+            lanes: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, T, R> Queues<K, T, R> {
+    /// Queues `item`; also says whether the caller must start a call slot
+    /// for the lane (fewer than [`MAX_CALLS`] were running).
+    fn join(&self, lane: &K, item: T) -> (oneshot::Receiver<R>, bool) {
+        let (tx, rx) = oneshot::channel();
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let q = lanes.entry(lane.clone()).or_insert_with(|| Waiting {
+            callers: VecDeque::new(),
+            calls: 0,
+        });
+        q.callers.push_back((item, tx));
+        let start = q.calls < MAX_CALLS;
+        if start {
+            q.calls += 1;
+        }
+        (rx, start)
+    }
+
+    /// The next callers of `lane` for one call: at most `max_items`, and
+    /// at most `max_weight` in total unless a single item weighs more.
+    /// None (and the call slot given back) when nobody waits.
+    fn take(
+        &self,
+        lane: &K,
+        max_items: usize,
+        max_weight: usize,
+        weight: impl Fn(&T) -> usize,
+    ) -> Vec<(T, oneshot::Sender<R>)> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(q) = lanes.get_mut(lane) else {
+            return Vec::new();
+        };
+        let mut batch = Vec::new();
+        let mut total = 0;
+        while let Some((item, _)) = q.callers.front() {
+            let w = weight(item);
+            if !batch.is_empty() && (batch.len() == max_items || total + w > max_weight) {
+                break;
+            }
+            total += w;
+            batch.push(q.callers.pop_front().expect("front exists"));
+        }
+        if batch.is_empty() {
+            assert!(q.calls > 0, "a call slot takes only while it runs");
+            q.calls -= 1;
+            if q.calls == 0 {
+                lanes.remove(lane);
+            }
+        }
+        batch
+    }
+}
+
+/// A caller's answer when its call slot is gone before answering.
+fn abandoned<T>() -> Result<T> {
+    Err(ClientError::Protocol(
+        "the call was abandoned (the producer is shutting down)".into(),
+    ))
+}
+
+/// What may share a send: one topic, one kind of message.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Lane {
     pub topic: String,
@@ -71,17 +167,13 @@ impl Kind {
     }
 }
 
-type Waiter = (Message, oneshot::Sender<Result<SendReceipt>>);
-
-#[derive(Default)]
-struct LaneQueue {
-    waiting: VecDeque<Waiter>,
-    calls: usize,
-}
-
+/// A producer's shared calls.
 #[derive(Default)]
 pub(crate) struct Coalescer {
-    lanes: Mutex<HashMap<Lane, LaneQueue>>,
+    sends: Queues<Lane, Message, Result<SendReceipt>>,
+    ends: Queues<(), pb::EndTransactionRequest, Result<()>>,
+    /// The broker answered EndTransactions with UNIMPLEMENTED.
+    no_shared_ends: AtomicBool,
 }
 
 /// Whether `m` may share a call: no message group (a group's messages
@@ -115,65 +207,46 @@ impl Coalescer {
         inner.session.ensure_running()?;
         m.message_type(kind.transactional())?;
         m.check(inner.session.server().max_body)?;
-        let (tx, rx) = oneshot::channel();
         let lane = Lane {
             topic: m.topic.clone(),
             kind,
         };
-        let start_call = {
-            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-            let q = lanes.entry(lane.clone()).or_default();
-            q.waiting.push_back((m, tx));
-            if q.calls < MAX_CALLS {
-                q.calls += 1;
-                true
-            } else {
-                false
-            }
-        };
-        if start_call {
+        let (rx, start) = self.sends.join(&lane, m);
+        if start {
             let inner = inner.clone();
-            tokio::spawn(async move { calls(inner, lane).await });
+            tokio::spawn(async move { send_calls(inner, lane).await });
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(ClientError::Protocol(
-                "the send was abandoned (the producer is shutting down)".into(),
-            ))
-        })
+        rx.await.unwrap_or_else(|_| abandoned())
     }
 
-    /// The next messages of `lane` for one call, or none (and the call
-    /// slot given back) when nothing waits.
-    fn take(&self, lane: &Lane) -> Vec<Waiter> {
-        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(q) = lanes.get_mut(lane) else {
-            return Vec::new();
-        };
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        while let Some((m, _)) = q.waiting.front() {
-            let size = m.body.len();
-            if !batch.is_empty() && (batch.len() == MAX_MESSAGES || bytes + size > MAX_BYTES) {
-                break;
-            }
-            bytes += size;
-            batch.push(q.waiting.pop_front().expect("front exists"));
+    /// Ends one transaction, in a call shared with other concurrent ends
+    /// when the broker allows it.
+    pub(crate) async fn end(
+        &self,
+        inner: &Arc<ProducerInner>,
+        req: pb::EndTransactionRequest,
+    ) -> Result<()> {
+        inner.session.ensure_running()?;
+        if self.no_shared_ends.load(Ordering::Relaxed) {
+            return end_alone(&inner.session, req).await;
         }
-        if batch.is_empty() {
-            q.calls -= 1;
-            if q.calls == 0 {
-                lanes.remove(lane);
-            }
+        let (rx, start) = self.ends.join(&(), req);
+        if start {
+            let inner = inner.clone();
+            tokio::spawn(async move { end_calls(inner).await });
         }
-        batch
+        rx.await.unwrap_or_else(|_| abandoned())
     }
 }
 
-/// One call slot of a lane: sends what waits, until nothing does.
-async fn calls(inner: Arc<ProducerInner>, lane: Lane) {
+/// One send slot of a lane: sends what waits, until nothing does.
+async fn send_calls(inner: Arc<ProducerInner>, lane: Lane) {
     let (transactional, check_after) = (lane.kind.transactional(), lane.kind.check_after());
     loop {
-        let batch = inner.coalescer.take(&lane);
+        let batch = inner
+            .coalescer
+            .sends
+            .take(&lane, MAX_MESSAGES, MAX_BYTES, |m| m.body.len());
         if batch.is_empty() {
             return;
         }
@@ -202,6 +275,54 @@ async fn calls(inner: Arc<ProducerInner>, lane: Lane) {
             Err(_) => {
                 for (m, tx) in messages.iter().zip(waiters) {
                     let _ = tx.send(inner.send_one(m, transactional, check_after).await);
+                }
+            }
+        }
+    }
+}
+
+/// One EndTransaction with the usual retries.
+async fn end_alone(session: &Session, req: pb::EndTransactionRequest) -> Result<()> {
+    retry::with_retries(END_ATTEMPTS, END_PAUSE, || {
+        session.end_transaction(req.clone())
+    })
+    .await
+}
+
+/// One end slot: ends what waits, until nothing does.
+async fn end_calls(inner: Arc<ProducerInner>) {
+    let session = &inner.session;
+    loop {
+        let batch = inner.coalescer.ends.take(&(), MAX_ENDS, usize::MAX, |_| 0);
+        if batch.is_empty() {
+            return;
+        }
+        let (reqs, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let n = reqs.len();
+        match session.end_transactions(reqs.clone()).await {
+            Ok(reply) if reply.entries.len() == n => {
+                for ((req, tx), entry) in reqs.into_iter().zip(waiters).zip(reply.entries) {
+                    let answer = match check(entry.status) {
+                        Err(e) if e.is_retryable() => end_alone(session, req).await,
+                        done => done,
+                    };
+                    let _ = tx.send(answer);
+                }
+            }
+            failed => {
+                if let Err(ClientError::Rpc(s)) = &failed {
+                    if s.code() == tonic::Code::Unimplemented {
+                        debug!(
+                            "the broker has no EndTransactions; ending transactions one call each"
+                        );
+                        inner
+                            .coalescer
+                            .no_shared_ends
+                            .store(true, Ordering::Relaxed);
+                    }
+                }
+                for (req, tx) in reqs.into_iter().zip(waiters) {
+                    let _ = tx.send(end_alone(session, req).await);
                 }
             }
         }

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use ferry_proto::ext;
+use ferry_proto::ext::extensions_client::ExtensionsClient;
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
 use pb::telemetry_command::Command;
@@ -25,6 +27,8 @@ use crate::retry::RetryPolicy;
 use crate::transaction::{DynChecker, TransactionResolution};
 
 pub(crate) type Rpc = MessagingServiceClient<InterceptedService<Channel, Headers>>;
+/// Ferry's own calls (`ferry.v1.Extensions`) on the same connection.
+pub(crate) type Ext = ExtensionsClient<InterceptedService<Channel, Headers>>;
 
 /// How often the client says it is alive (the broker forgets clients
 /// after about two minutes of silence).
@@ -47,6 +51,19 @@ pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
+/// A call's answer within `deadline` (a dead connection must not hang the
+/// caller).
+async fn bounded<T>(
+    deadline: Duration,
+    call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T> {
+    match tokio::time::timeout(deadline, call).await {
+        Err(_) => Err(ClientError::Timeout(deadline)),
+        Ok(Err(s)) => Err(ClientError::Rpc(s)),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+    }
+}
+
 /// What the broker told this client in the settings exchange, already read.
 #[derive(Debug, Clone)]
 pub(crate) struct ServerSettings {
@@ -60,6 +77,7 @@ pub(crate) struct ServerSettings {
 
 pub(crate) struct Session {
     pub rpc: Rpc,
+    ext: Ext,
     pub config: ClientConfig,
     pub client_id: String,
     access_point: pb::Endpoints,
@@ -114,6 +132,7 @@ impl Session {
                 why: e.message().to_string(),
             },
         )?;
+        let ext = ExtensionsClient::with_interceptor(channel.clone(), h.clone());
         let rpc = MessagingServiceClient::with_interceptor(channel, h)
             .max_decoding_message_size(MAX_DECODING_BYTES)
             .max_encoding_message_size(MAX_DECODING_BYTES);
@@ -134,6 +153,7 @@ impl Session {
         let (stop, _) = watch::channel(false);
         let session = Arc::new(Session {
             rpc,
+            ext,
             config,
             client_id,
             access_point,
@@ -216,11 +236,7 @@ impl Session {
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         self.ensure_running()?;
-        match tokio::time::timeout(deadline, call(self.rpc.clone())).await {
-            Err(_) => Err(ClientError::Timeout(deadline)),
-            Ok(Err(s)) => Err(ClientError::Rpc(s)),
-            Ok(Ok(r)) => Ok(r.into_inner()),
-        }
+        bounded(deadline, call(self.rpc.clone())).await
     }
 
     fn settings_command(&self) -> pb::TelemetryCommand {
@@ -444,36 +460,38 @@ impl Session {
                 return;
             }
         };
-        if let Err(e) = self
-            .end_transaction(
-                &message.topic,
-                &message.message_id,
-                &c.transaction_id,
-                outcome,
-                pb::TransactionSource::SourceServerCheck,
-            )
-            .await
-        {
+        let answer = self.end_request(
+            &message.topic,
+            &message.message_id,
+            &c.transaction_id,
+            outcome,
+            pb::TransactionSource::SourceServerCheck,
+        );
+        if let Err(e) = self.end_transaction(answer).await {
             warn!(message = %message.message_id, error = %e, "answering a check-back failed; the broker asks again");
         }
     }
 
-    pub async fn end_transaction(
+    /// What one EndTransaction carries.
+    pub fn end_request(
         &self,
         topic: &str,
         message_id: &str,
         transaction_id: &str,
         resolution: pb::TransactionResolution,
         source: pb::TransactionSource,
-    ) -> Result<()> {
-        let req = pb::EndTransactionRequest {
+    ) -> pb::EndTransactionRequest {
+        pb::EndTransactionRequest {
             topic: Some(resource(&self.config.namespace, topic)),
             message_id: message_id.to_string(),
             transaction_id: transaction_id.to_string(),
             resolution: resolution as i32,
             source: source as i32,
             trace_context: String::new(),
-        };
+        }
+    }
+
+    pub async fn end_transaction(&self, req: pb::EndTransactionRequest) -> Result<()> {
         let deadline = self.config.request_timeout;
         let reply = self
             .unary(deadline, |mut rpc| async move {
@@ -481,6 +499,18 @@ impl Session {
             })
             .await?;
         check(reply.status)
+    }
+
+    /// Ferry's EndTransactions: many ends in one call, one answer each.
+    /// Other brokers answer gRPC UNIMPLEMENTED.
+    pub async fn end_transactions(
+        &self,
+        entries: Vec<pb::EndTransactionRequest>,
+    ) -> Result<ext::EndTransactionsResponse> {
+        self.ensure_running()?;
+        let deadline = self.config.request_timeout;
+        let req = self.request(ext::EndTransactionsRequest { entries }, deadline);
+        bounded(deadline, self.ext.clone().end_transactions(req)).await
     }
 
     async fn heartbeat_loop(self: Arc<Self>) {

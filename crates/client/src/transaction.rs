@@ -17,7 +17,6 @@ use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::message::{Message, ReceivedMessage, SendReceipt};
 use crate::producer::{Producer, ProducerBuilder, ProducerInner};
-use crate::retry;
 
 /// A transaction's outcome as the checker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +68,7 @@ pub const MAX_HALVES_PER_TRANSACTION: usize = 64;
 /// Tries of one EndTransaction before leaving the outcome to check-back.
 pub const END_ATTEMPTS: u32 = 3;
 /// Pause after the n-th failed EndTransaction: n times this.
-const END_PAUSE: Duration = Duration::from_millis(50);
+pub(crate) const END_PAUSE: Duration = Duration::from_millis(50);
 
 /// A producer of transactional (and plain) messages with a checker: a
 /// [`Producer`] whose session also answers check-backs.
@@ -225,19 +224,17 @@ impl Transaction {
     }
 
     async fn end(self, resolution: pb::TransactionResolution) -> Result<()> {
-        let session = &self.producer.session;
+        let producer = &self.producer;
         let mut first_error = None;
         for h in &self.halves {
-            let end = retry::with_retries(END_ATTEMPTS, END_PAUSE, || {
-                session.end_transaction(
-                    &h.topic,
-                    &h.message_id,
-                    &h.transaction_id,
-                    resolution,
-                    pb::TransactionSource::SourceClient,
-                )
-            });
-            if let Err(e) = end.await {
+            let req = producer.session.end_request(
+                &h.topic,
+                &h.message_id,
+                &h.transaction_id,
+                resolution,
+                pb::TransactionSource::SourceClient,
+            );
+            if let Err(e) = producer.coalescer.end(producer, req).await {
                 warn!(transaction = %h.transaction_id, error = %e, "end transaction failed; the broker will check back");
                 first_error.get_or_insert(e);
             }

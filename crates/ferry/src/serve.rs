@@ -58,6 +58,9 @@ pub struct ServeArgs {
     /// Create topics on first use [default: true]
     #[arg(long, env = "FERRY_AUTO_CREATE_TOPICS")]
     auto_create_topics: Option<bool>,
+    /// Serve Ferry's own calls (ferry.v1.Extensions, e.g. ending many transactions in one call) next to the RocketMQ ones; with false, Ferry's clients fall back to the standard calls [default: true]
+    #[arg(long, env = "FERRY_EXTENSIONS")]
+    extensions: Option<bool>,
     /// Queues of an automatically created topic [default: 8]
     #[arg(long, env = "FERRY_DEFAULT_QUEUES")]
     default_queues: Option<u32>,
@@ -127,6 +130,7 @@ struct FileConfig {
     retention_hours: Option<u64>,
     retention_max_gib: Option<u64>,
     auto_create_topics: Option<bool>,
+    extensions: Option<bool>,
     default_queues: Option<u32>,
     max_body_bytes: Option<usize>,
     max_properties_bytes: Option<usize>,
@@ -195,6 +199,9 @@ fn build_config(a: ServeArgs) -> Result<ServerConfig, Box<dyn std::error::Error 
     }
     if let Some(v) = pick!(auto_create_topics) {
         c.core.auto_create_topics = v;
+    }
+    if let Some(v) = pick!(extensions) {
+        c.extensions = v;
     }
     if let Some(v) = pick!(default_queues) {
         if v == 0 || v > c.core.limits.max_queues_per_topic {

@@ -658,12 +658,24 @@ async fn concurrent_sends_each_get_their_receipt() {
     assert_eq!(bodies.len(), 300);
 }
 
-/// Half messages of concurrent transactions share calls, yet each half is
-/// its own transaction: committing one never commits its call neighbours,
-/// and rolled-back ones never arrive.
+/// Half messages of concurrent transactions share calls, and so do their
+/// ends, yet each half is its own transaction: committing one never
+/// commits its call neighbours, and rolled-back ones never arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_transactions_stay_separate() {
-    let b = Broker::start(&[]);
+    concurrent_transactions(&Broker::start(&[])).await;
+}
+
+/// Against a broker without Ferry's EndTransactions (as any other RocketMQ
+/// broker), the producer falls back to one EndTransaction per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_end_without_the_broker_extensions() {
+    concurrent_transactions(&Broker::start(&["--extensions", "false"])).await;
+}
+
+/// 200 concurrent transactions, even ones committed and odd ones rolled
+/// back; exactly the committed ones arrive, each once.
+async fn concurrent_transactions(b: &Broker) {
     let p = Arc::new(
         TransactionProducer::builder(b.config(), key_checker())
             .topics(["tx-shared"])
@@ -693,7 +705,7 @@ async fn concurrent_transactions_stay_separate() {
         assert!(!id.is_empty());
         assert!(ids.insert(id), "transaction ids are distinct");
     }
-    let c = simple(&b, "tx-shared-g", "tx-shared", FilterExpression::all()).await;
+    let c = simple(b, "tx-shared-g", "tx-shared", FilterExpression::all()).await;
     let got = drain(&c, 100, Duration::from_secs(15)).await;
     let mut bodies: Vec<String> = got
         .iter()

@@ -1,4 +1,5 @@
-//! Wire definitions of the Apache RocketMQ 5 gRPC protocol.
+//! Wire definitions of the Apache RocketMQ 5 gRPC protocol, and of Ferry's
+//! extensions to it.
 //!
 //! The `.proto` files under `proto/` are Ferry's own rendition of the public
 //! `apache.rocketmq.v2` contract: package, service, message names and field
@@ -9,9 +10,26 @@
 
 #![allow(clippy::all, clippy::pedantic)]
 
-/// Generated types of package `apache.rocketmq.v2`.
-pub mod v2 {
-    tonic::include_proto!("apache.rocketmq.v2");
+/// Generated code, one module per protobuf package: the nesting mirrors
+/// the package names so that generated cross-package paths resolve.
+pub mod apache {
+    pub mod rocketmq {
+        /// Generated types of package `apache.rocketmq.v2`.
+        pub mod v2 {
+            tonic::include_proto!("apache.rocketmq.v2");
+        }
+    }
 }
+
+/// Ferry's own additions (package `ferry.v1`, `proto/ferry/v1/`): calls
+/// only Ferry's clients make, each with a standard RocketMQ fallback.
+pub mod ferry {
+    pub mod v1 {
+        tonic::include_proto!("ferry.v1");
+    }
+}
+
+pub use apache::rocketmq::v2;
+pub use ferry::v1 as ext;
 
 pub use prost_types;

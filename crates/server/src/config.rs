@@ -27,6 +27,10 @@ pub struct ServerConfig {
     pub default_invisible: Duration,
     /// Long-polling timeout for receives that do not give one.
     pub default_long_polling: Duration,
+    /// Serve `ferry.v1.Extensions` (Ferry's own cheaper forms of standard
+    /// calls). Off, Ferry answers its own clients as any RocketMQ broker
+    /// would, and they fall back to the standard calls.
+    pub extensions: bool,
     pub core: CoreConfig,
 }
 
@@ -46,6 +50,7 @@ impl Default for ServerConfig {
             max_clients: 10_000,
             default_invisible: Duration::from_secs(60),
             default_long_polling: Duration::from_secs(20),
+            extensions: true,
             core: CoreConfig::default(),
         }
     }

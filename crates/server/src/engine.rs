@@ -128,6 +128,20 @@ pub struct ReceiveArgs {
     pub attempt_id: Option<String>,
 }
 
+/// One transaction's outcome as a producer (or its checker) sends it.
+#[derive(Debug, Clone)]
+pub struct EndRequest {
+    pub topic: String,
+    pub message_id: String,
+    pub transaction_id: String,
+    pub outcome: TxOutcome,
+    pub source: TxSource,
+}
+
+/// Most transactions one [`Engine::end_transactions`] call ends: one core
+/// lock holds them all, so the batch is bounded like a send batch.
+pub const MAX_END_BATCH: usize = 1024;
+
 /// Recent receives by (group, topic, attempt id), so a client that lost a
 /// receive's answer and retries with the same attempt id gets the same
 /// messages rather than having them stuck invisible until they expire.
@@ -858,41 +872,82 @@ impl Engine {
         Ok(handle)
     }
 
-    /// Ends a transaction. The first outcome is final and durable before
-    /// this returns; a repeat of it answers OK without a second effect.
-    pub async fn end_transaction(
+    /// Ends one transaction: see [`Engine::end_transactions`].
+    pub async fn end_transaction(&self, end: &EndRequest) -> Result<EndDecision, EngineError> {
+        let mut decided = self.end_transactions(std::slice::from_ref(end)).await?;
+        assert_eq!(decided.len(), 1, "one decision per request");
+        decided.pop().expect("one decision")
+    }
+
+    /// Ends transactions, each decided on its own in order (a repeat of an
+    /// earlier entry sees that entry's outcome), with one wait for the
+    /// records of all to be durable. A transaction's first outcome is final
+    /// and durable before this returns; a repeat of it is answered
+    /// `AlreadyEnded` without a second effect. `Err` only when the wait
+    /// failed: then no entry's outcome is known to be durable.
+    pub async fn end_transactions(
         &self,
-        topic: &str,
-        message_id: &str,
-        transaction_id: &str,
-        outcome: TxOutcome,
-        source: TxSource,
-    ) -> Result<EndDecision, EngineError> {
-        let (rec, end) = {
+        ends: &[EndRequest],
+    ) -> Result<Vec<Result<EndDecision, EngineError>>, EngineError> {
+        assert!(ends.len() <= MAX_END_BATCH, "callers bound the batch");
+        let mut decided = Vec::with_capacity(ends.len());
+        let mut durable_end = 0;
+        {
             let mut core = self.core();
-            let decision = core
-                .plan_end_transaction(now_ms(), topic, message_id, transaction_id, outcome, source)
-                .inspect_err(|_| Metrics::add(&self.metrics.tx_end_refused, 1))?;
-            let EndDecision::Record(rec) = decision else {
-                Metrics::add(&self.metrics.tx_end_repeated, 1);
-                return Ok(decision);
-            };
-            let end = self.commit(&mut core, std::slice::from_ref(rec.as_ref()))?;
-            (rec, end)
-        };
-        self.log.wait_committed(end).await?;
-        match &rec.payload {
-            Payload::TxEnd(t) if t.outcome == TxOutcome::Commit => {
-                Metrics::add(&self.metrics.tx_committed, 1);
-                self.wake(topic);
-                if t.queue_offset.is_none() {
-                    // Its delivery time lies ahead: it became a timer.
-                    self.schedule_changed.notify_waiters();
-                }
+            let now = now_ms();
+            for e in ends {
+                let decision = core.plan_end_transaction(
+                    now,
+                    &e.topic,
+                    &e.message_id,
+                    &e.transaction_id,
+                    e.outcome,
+                    e.source,
+                );
+                let outcome = match decision {
+                    Err(err) => {
+                        Metrics::add(&self.metrics.tx_end_refused, 1);
+                        Err(err.into())
+                    }
+                    Ok(EndDecision::Record(rec)) => {
+                        // Applied before the next entry is planned, so a
+                        // repeat within the batch is seen as one.
+                        self.commit(&mut core, std::slice::from_ref(rec.as_ref()))
+                            .map(|end| {
+                                durable_end = durable_end.max(end);
+                                EndDecision::Record(rec)
+                            })
+                    }
+                    Ok(d @ EndDecision::AlreadyEnded(_)) => {
+                        Metrics::add(&self.metrics.tx_end_repeated, 1);
+                        Ok(d)
+                    }
+                };
+                decided.push(outcome);
             }
-            _ => Metrics::add(&self.metrics.tx_rolled_back, 1),
         }
-        Ok(EndDecision::Record(rec))
+        if durable_end > 0 {
+            self.log.wait_committed(durable_end).await?;
+        }
+        let mut timers = false;
+        for (e, d) in ends.iter().zip(&decided) {
+            let Ok(EndDecision::Record(rec)) = d else {
+                continue;
+            };
+            match &rec.payload {
+                Payload::TxEnd(t) if t.outcome == TxOutcome::Commit => {
+                    Metrics::add(&self.metrics.tx_committed, 1);
+                    self.wake(&e.topic);
+                    // A delivery time ahead: it became a timer.
+                    timers |= t.queue_offset.is_none();
+                }
+                _ => Metrics::add(&self.metrics.tx_rolled_back, 1),
+            }
+        }
+        if timers {
+            self.schedule_changed.notify_waiters();
+        }
+        Ok(decided)
     }
 
     /// One round of check-backs: decides (at most `budget`), makes the check

@@ -19,6 +19,7 @@ pub mod clients;
 pub mod config;
 pub mod convert;
 pub mod engine;
+pub mod extensions;
 pub mod http;
 pub mod lifecycle;
 pub mod lookup;
@@ -75,9 +76,13 @@ pub async fn run(
     };
 
     let svc = service::Service::new(engine.clone(), clients.clone(), &config, stop_rx.clone());
+    let extensions = config
+        .extensions
+        .then(|| extensions::ExtensionsService::server(engine.clone(), &config));
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(svc.into_server(&config))
+        .add_optional_service(extensions)
         .serve_with_incoming_shutdown(incoming_nodelay(grpc_listener), wait_stop(stop_rx.clone()));
     let http = axum::serve(http_listener, http::router(engine.clone(), clients.clone()))
         .with_graceful_shutdown(wait_stop(stop_rx.clone()));

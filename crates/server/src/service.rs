@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_broker::{BrokerError, EndDecision, Filter, GroupPolicy};
+use ferry_broker::{BrokerError, Filter, GroupPolicy};
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_server::{MessagingService, MessagingServiceServer};
-use ferry_record::{TxOutcome, TxSource};
 use pb::Code;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::clients::{Client, Clients};
 use crate::convert;
 use crate::engine::{now_ms, Engine, EngineError, ReceiveArgs};
+use crate::extensions;
 use crate::status;
 use crate::ServerConfig;
 
@@ -181,7 +181,7 @@ fn split_host_port(s: &str) -> Option<(String, i32)> {
 }
 
 /// `x-mq-client-id` is required on every call.
-fn client_id<T>(req: &Request<T>) -> Result<String, pb::Status> {
+pub(crate) fn client_id<T>(req: &Request<T>) -> Result<String, pb::Status> {
     req.metadata()
         .get("x-mq-client-id")
         .and_then(|v| v.to_str().ok())
@@ -211,11 +211,11 @@ fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
     })
 }
 
-fn name(r: &Option<pb::Resource>) -> String {
+pub(crate) fn name(r: &Option<pb::Resource>) -> String {
     r.as_ref().map(|r| r.name.clone()).unwrap_or_default()
 }
 
-fn broker_status(e: BrokerError) -> pb::Status {
+pub(crate) fn broker_status(e: BrokerError) -> pb::Status {
     status::from_error(&EngineError::Broker(e))
 }
 
@@ -653,49 +653,13 @@ impl MessagingService for Service {
         if let Err(s) = client_id(&request) {
             return reply(s);
         }
-        let req = request.into_inner();
-        let topic = name(&req.topic);
-        let source = match pb::TransactionSource::try_from(req.source) {
-            Ok(pb::TransactionSource::SourceServerCheck) => TxSource::ServerCheck,
-            _ => TxSource::Client,
+        let end = match extensions::end_request(request.into_inner()) {
+            Ok(Some(end)) => end,
+            Ok(None) => return reply(status::ok()),
+            Err(refused) => return reply(refused),
         };
-        let outcome = match pb::TransactionResolution::try_from(req.resolution) {
-            Ok(pb::TransactionResolution::Commit) => TxOutcome::Commit,
-            Ok(pb::TransactionResolution::Rollback) => TxOutcome::Rollback,
-            _ if source == TxSource::ServerCheck => {
-                // The producer's checker does not know yet: nothing to do,
-                // the broker asks again at the next interval.
-                debug!(transaction = %req.transaction_id, "check answered with an unknown outcome");
-                return reply(status::ok());
-            }
-            _ => {
-                return reply(broker_status(BrokerError::BadRequest(format!(
-                    "resolution must be COMMIT or ROLLBACK, not {}",
-                    req.resolution
-                ))))
-            }
-        };
-        match self
-            .engine
-            .end_transaction(
-                &topic,
-                &req.message_id,
-                &req.transaction_id,
-                outcome,
-                source,
-            )
-            .await
-        {
-            Ok(EndDecision::Record(_)) => reply(status::ok()),
-            Ok(EndDecision::AlreadyEnded(_)) => reply(pb::Status {
-                code: pb::Code::Ok as i32,
-                message: "OK (the transaction had already ended this way; nothing changed)".into(),
-            }),
-            Err(e) => {
-                debug!(transaction = %req.transaction_id, error = %e, "end transaction refused");
-                reply(status::from_error(&e))
-            }
-        }
+        let decided = self.engine.end_transaction(&end).await;
+        reply(extensions::end_status(&end, decided))
     }
 
     type TelemetryStream = BoxStream<pb::TelemetryCommand>;

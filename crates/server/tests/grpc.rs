@@ -26,6 +26,14 @@ async fn start_with(
     dir: &std::path::Path,
     tune: impl FnOnce(&mut ferry_server::ServerConfig),
 ) -> MessagingServiceClient<Channel> {
+    MessagingServiceClient::new(start_channel(dir, tune).await)
+}
+
+/// Starts a broker in this process and connects to its gRPC port.
+async fn start_channel(
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut ferry_server::ServerConfig),
+) -> Channel {
     let port = free_port();
     let mut config = ferry_server::ServerConfig {
         data_dir: dir.to_path_buf(),
@@ -41,7 +49,7 @@ async fn start_with(
     let endpoint = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
     for _ in 0..200 {
         if let Ok(c) = endpoint.connect().await {
-            return MessagingServiceClient::new(c);
+            return c;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -728,4 +736,112 @@ async fn sql_filters_and_receive_attempt_ids() {
     let refused = receive_with(&mut c, "f2", None, Some(&long), 300).await;
     assert!(matches!(refused.first(),
         Some(pb::receive_message_response::Content::Status(s)) if s.code == Code::BadRequest as i32));
+}
+
+/// Ferry's EndTransactions: each entry decided on its own and in order, one
+/// status per entry, the same outcomes as one EndTransaction each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_transactions_decides_each_entry_in_order() {
+    use ferry_proto::ext;
+    use ferry_proto::ext::extensions_client::ExtensionsClient;
+    use pb::{TransactionResolution as R, TransactionSource as S};
+    let dir = tempfile::tempdir().unwrap();
+    let channel = start_channel(dir.path(), |_| {}).await;
+    let mut c = MessagingServiceClient::new(channel.clone());
+    let mut x = ExtensionsClient::new(channel);
+    let entry = |id: &str, tx: &str, r: R, s: S| pb::EndTransactionRequest {
+        topic: res("et"),
+        message_id: id.into(),
+        transaction_id: tx.into(),
+        resolution: r as i32,
+        source: s as i32,
+        trace_context: String::new(),
+    };
+    let a = send_tx(&mut c, "et", "a").await;
+    let b = send_tx(&mut c, "et", "b").await;
+    let later = send_tx(&mut c, "et", "later").await;
+    let r = x
+        .end_transactions(req(ext::EndTransactionsRequest {
+            entries: vec![
+                entry("a", &a, R::Commit, S::SourceClient),
+                entry("b", &b, R::Rollback, S::SourceClient),
+                // A repeat within the call sees the first entry's outcome.
+                entry("a", &a, R::Commit, S::SourceClient),
+                entry("a", &a, R::Rollback, S::SourceClient),
+                entry("a", "not-a-transaction", R::Commit, S::SourceClient),
+                // A checker that does not know yet: nothing changes.
+                entry("later", &later, R::Unspecified, S::SourceServerCheck),
+                entry("a", &a, R::Unspecified, S::SourceClient),
+            ],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<Code> = r.entries.iter().map(|e| code(&e.status)).collect();
+    assert_eq!(
+        codes,
+        [
+            Code::Ok,
+            Code::Ok,
+            Code::Ok,
+            Code::PreconditionFailed,
+            Code::InvalidTransactionId,
+            Code::Ok,
+            Code::BadRequest,
+        ]
+    );
+    assert_eq!(code(&r.status), Code::MultipleResults);
+    assert!(r.entries[2]
+        .status
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("already ended"));
+    assert_eq!(ids(&receive_all(&mut c, "et", 500).await), ["a"]);
+
+    // The one left open ends later, alone.
+    let r = x
+        .end_transactions(req(ext::EndTransactionsRequest {
+            entries: vec![entry("later", &later, R::Commit, S::SourceClient)],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+    assert_eq!(ids(&receive_all(&mut c, "et", 500).await), ["later"]);
+
+    // Bounds and identity are checked before anything is decided.
+    let r = x
+        .end_transactions(req(ext::EndTransactionsRequest { entries: vec![] }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::BadRequest);
+    let too_many = vec![entry("a", &a, R::Commit, S::SourceClient); 1025];
+    let r = x
+        .end_transactions(req(ext::EndTransactionsRequest { entries: too_many }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::BadRequest);
+    assert!(r.status.unwrap().message.contains("1024"));
+    let r = x
+        .end_transactions(Request::new(ext::EndTransactionsRequest {
+            entries: vec![entry("a", &a, R::Commit, S::SourceClient)],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::ClientIdRequired);
+
+    // Turned off, the broker answers as one without the extension would.
+    let dir = tempfile::tempdir().unwrap();
+    let channel = start_channel(dir.path(), |cfg| cfg.extensions = false).await;
+    let err = ExtensionsClient::new(channel)
+        .end_transactions(req(ext::EndTransactionsRequest {
+            entries: vec![entry("a", &a, R::Commit, S::SourceClient)],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
 }
