@@ -87,6 +87,9 @@ pub async fn run(
                                             cb.store_ms,
                                             &topic,
                                             &store_host,
+                                            // Check-backs are rare: the
+                                            // digest every client checks.
+                                            convert::BodyDigest::Md5,
                                         )),
                                         transaction_id: cb.order.transaction_id.clone(),
                                     },

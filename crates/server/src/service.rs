@@ -441,6 +441,12 @@ impl MessagingService for Service {
             return Ok(Response::new(receive_frames(s, vec![])));
         }
         let client_wait = grpc_timeout(&request);
+        let digest = convert::BodyDigest::for_language(
+            request
+                .metadata()
+                .get("x-mq-language")
+                .and_then(|v| v.to_str().ok()),
+        );
         let req = request.into_inner();
         let limits = self.engine.limits();
         let fail = |e: BrokerError| Ok(Response::new(receive_frames(broker_status(e), vec![])));
@@ -525,7 +531,7 @@ impl MessagingService for Service {
             Ok(got) => {
                 let messages = got
                     .into_iter()
-                    .map(|d| convert::outgoing(d, &topic, &store_host, invisible_ms))
+                    .map(|d| convert::outgoing(d, &topic, &store_host, invisible_ms, digest))
                     .collect();
                 Ok(Response::new(receive_frames(status::ok(), messages)))
             }
