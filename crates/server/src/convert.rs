@@ -208,8 +208,18 @@ mod tests {
     #[test]
     fn crc32_goes_only_to_ferrys_own_client() {
         assert_eq!(BodyDigest::for_language(Some("RUST")), BodyDigest::Crc32);
-        for other in [Some("JAVA"), Some("PYTHON"), Some("GOLANG"), Some("rust"), None] {
-            assert_eq!(BodyDigest::for_language(other), BodyDigest::Md5, "{other:?}");
+        for other in [
+            Some("JAVA"),
+            Some("PYTHON"),
+            Some("GOLANG"),
+            Some("rust"),
+            None,
+        ] {
+            assert_eq!(
+                BodyDigest::for_language(other),
+                BodyDigest::Md5,
+                "{other:?}"
+            );
         }
         let crc = BodyDigest::Crc32.of(b"hello");
         assert_eq!(crc.r#type, pb::DigestType::Crc32 as i32);
