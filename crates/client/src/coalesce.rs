@@ -33,7 +33,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -167,13 +167,29 @@ impl Kind {
     }
 }
 
+/// What this producer knows of the broker's `ferry.v1.Extensions`.
+const EXTENSIONS_UNKNOWN: u8 = 0;
+/// EndTransactions answered: the broker is Ferry.
+const EXTENSIONS_PRESENT: u8 = 1;
+/// EndTransactions answered UNIMPLEMENTED: another broker (or Ferry with
+/// `--extensions false`).
+const EXTENSIONS_ABSENT: u8 = 2;
+
 /// A producer's shared calls.
-#[derive(Default)]
 pub(crate) struct Coalescer {
     sends: Queues<Lane, Message, Result<SendReceipt>>,
     ends: Queues<(), pb::EndTransactionRequest, Result<()>>,
-    /// The broker answered EndTransactions with UNIMPLEMENTED.
-    no_shared_ends: AtomicBool,
+    extensions: AtomicU8,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Coalescer {
+            sends: Queues::default(),
+            ends: Queues::default(),
+            extensions: AtomicU8::new(EXTENSIONS_UNKNOWN),
+        }
+    }
 }
 
 /// Whether `m` may share a call: no message group (a group's messages
@@ -195,6 +211,24 @@ fn stored_nothing(e: &ClientError) -> bool {
 }
 
 impl Coalescer {
+    /// Whether half messages may share calls: only once the broker is
+    /// known to be Ferry. Apache RocketMQ refuses a batch of half messages
+    /// with a status that does not prove nothing was stored, so there a
+    /// shared half call would fail for all its callers.
+    pub(crate) fn shares_halves(&self) -> bool {
+        self.extensions.load(Ordering::Relaxed) == EXTENSIONS_PRESENT
+    }
+
+    /// Whether the broker serves `ferry.v1.Extensions`, once a shared
+    /// EndTransactions call has told.
+    pub(crate) fn broker_extensions(&self) -> Option<bool> {
+        match self.extensions.load(Ordering::Relaxed) {
+            EXTENSIONS_PRESENT => Some(true),
+            EXTENSIONS_ABSENT => Some(false),
+            _ => None,
+        }
+    }
+
     /// Checks `m` (which must be [`eligible`]) and sends it in a call
     /// shared with other concurrent sends of its lane.
     pub(crate) async fn send(
@@ -227,7 +261,7 @@ impl Coalescer {
         req: pb::EndTransactionRequest,
     ) -> Result<()> {
         inner.session.ensure_running()?;
-        if self.no_shared_ends.load(Ordering::Relaxed) {
+        if self.extensions.load(Ordering::Relaxed) == EXTENSIONS_ABSENT {
             return end_alone(&inner.session, req).await;
         }
         let (rx, start) = self.ends.join(&(), req);
@@ -289,25 +323,46 @@ async fn end_alone(session: &Session, req: pb::EndTransactionRequest) -> Result<
     .await
 }
 
+type EndWaiter = (pb::EndTransactionRequest, oneshot::Sender<Result<()>>);
+
+/// Ends each alone, all at once: one slow or unreachable end must not hold
+/// up the others' retries.
+fn end_each_alone(inner: &Arc<ProducerInner>, ends: impl IntoIterator<Item = EndWaiter>) {
+    for (req, tx) in ends {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(end_alone(&inner.session, req).await);
+        });
+    }
+}
+
 /// One end slot: ends what waits, until nothing does.
 async fn end_calls(inner: Arc<ProducerInner>) {
     let session = &inner.session;
+    let extensions = &inner.coalescer.extensions;
     loop {
         let batch = inner.coalescer.ends.take(&(), MAX_ENDS, usize::MAX, |_| 0);
         if batch.is_empty() {
             return;
         }
-        let (reqs, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let n = reqs.len();
-        match session.end_transactions(reqs.clone()).await {
-            Ok(reply) if reply.entries.len() == n => {
-                for ((req, tx), entry) in reqs.into_iter().zip(waiters).zip(reply.entries) {
-                    let answer = match check(entry.status) {
-                        Err(e) if e.is_retryable() => end_alone(session, req).await,
-                        done => done,
-                    };
-                    let _ = tx.send(answer);
+        if extensions.load(Ordering::Relaxed) == EXTENSIONS_ABSENT {
+            end_each_alone(&inner, batch);
+            continue;
+        }
+        let reqs: Vec<_> = batch.iter().map(|(r, _)| r.clone()).collect();
+        match session.end_transactions(reqs).await {
+            Ok(reply) if reply.entries.len() == batch.len() => {
+                extensions.store(EXTENSIONS_PRESENT, Ordering::Relaxed);
+                let mut again = Vec::new();
+                for ((req, tx), entry) in batch.into_iter().zip(reply.entries) {
+                    match check(entry.status) {
+                        Err(e) if e.is_retryable() => again.push((req, tx)),
+                        done => {
+                            let _ = tx.send(done);
+                        }
+                    }
                 }
+                end_each_alone(&inner, again);
             }
             failed => {
                 if let Err(ClientError::Rpc(s)) = &failed {
@@ -315,15 +370,10 @@ async fn end_calls(inner: Arc<ProducerInner>) {
                         debug!(
                             "the broker has no EndTransactions; ending transactions one call each"
                         );
-                        inner
-                            .coalescer
-                            .no_shared_ends
-                            .store(true, Ordering::Relaxed);
+                        extensions.store(EXTENSIONS_ABSENT, Ordering::Relaxed);
                     }
                 }
-                for (req, tx) in reqs.into_iter().zip(waiters) {
-                    let _ = tx.send(end_alone(session, req).await);
-                }
+                end_each_alone(&inner, batch);
             }
         }
     }

@@ -139,6 +139,13 @@ impl TransactionProducer {
         self.producer.client_id()
     }
 
+    /// Whether the broker serves Ferry's extension calls (`Some(true)`: it
+    /// is Ferry, so concurrent transactions share calls), once the first
+    /// ended transaction has told; `None` before that.
+    pub fn broker_extensions(&self) -> Option<bool> {
+        self.producer.inner.coalescer.broker_extensions()
+    }
+
     pub async fn shutdown(&self) {
         self.producer.shutdown().await;
     }
@@ -179,7 +186,7 @@ impl Transaction {
             });
         }
         let topic = message.topic.clone();
-        let receipt = if coalesce::eligible(&message) {
+        let receipt = if coalesce::eligible(&message) && self.producer.coalescer.shares_halves() {
             let kind = coalesce::Kind::Half {
                 check_after: self.check_after,
             };

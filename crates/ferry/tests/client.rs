@@ -663,19 +663,21 @@ async fn concurrent_sends_each_get_their_receipt() {
 /// commits its call neighbours, and rolled-back ones never arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_transactions_stay_separate() {
-    concurrent_transactions(&Broker::start(&[])).await;
+    let p = concurrent_transactions(&Broker::start(&[])).await;
+    assert_eq!(p.broker_extensions(), Some(true));
 }
 
 /// Against a broker without Ferry's EndTransactions (as any other RocketMQ
 /// broker), the producer falls back to one EndTransaction per message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_end_without_the_broker_extensions() {
-    concurrent_transactions(&Broker::start(&["--extensions", "false"])).await;
+    let p = concurrent_transactions(&Broker::start(&["--extensions", "false"])).await;
+    assert_eq!(p.broker_extensions(), Some(false));
 }
 
 /// 200 concurrent transactions, even ones committed and odd ones rolled
 /// back; exactly the committed ones arrive, each once.
-async fn concurrent_transactions(b: &Broker) {
+async fn concurrent_transactions(b: &Broker) -> Arc<TransactionProducer> {
     let p = Arc::new(
         TransactionProducer::builder(b.config(), key_checker())
             .topics(["tx-shared"])
@@ -717,4 +719,5 @@ async fn concurrent_transactions(b: &Broker) {
     assert_eq!(bodies, want, "exactly the committed ones, each once");
     let more = drain(&c, 1, Duration::from_secs(1)).await;
     assert!(more.is_empty(), "unexpected: {more:?}");
+    p
 }

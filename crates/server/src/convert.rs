@@ -95,25 +95,30 @@ pub fn incoming(m: pb::Message) -> Result<Incoming, BrokerError> {
     })
 }
 
-/// The digest a consumer gets with each body, chosen by the client's
-/// language (the `x-mq-language` header).
+/// The digest a consumer gets with each body: CRC32 when the client asks
+/// for it with `x-ferry-accept-digest: CRC32` (Ferry's own client does),
+/// MD5 otherwise.
 ///
 /// Why two: MD5 is the digest every official client checks the same way,
 /// but at about 700 MB/s it was a tenth of the broker's CPU (and of the
 /// consumer's) when delivering 1 KiB messages. CRC32 costs next to nothing,
 /// yet clients differ in how they write it (Python zero-pads eight hex
-/// digits; not every client is known to do the same), so it goes only to
-/// Ferry's own client, whose check accepts Ferry's form.
+/// digits; not every client is known to do the same), so it goes only to a
+/// client that says it checks Ferry's form (eight upper-case hex digits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyDigest {
     Md5,
     Crc32,
 }
 
+/// The request header by which a client accepts CRC32 body digests.
+pub const ACCEPT_DIGEST_HEADER: &str = "x-ferry-accept-digest";
+
 impl BodyDigest {
-    pub fn for_language(language: Option<&str>) -> BodyDigest {
-        match language {
-            Some("RUST") => BodyDigest::Crc32,
+    /// From the value of [`ACCEPT_DIGEST_HEADER`], if the request had one.
+    pub fn accepted(header: Option<&str>) -> BodyDigest {
+        match header {
+            Some("CRC32") => BodyDigest::Crc32,
             _ => BodyDigest::Md5,
         }
     }
@@ -206,20 +211,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc32_goes_only_to_ferrys_own_client() {
-        assert_eq!(BodyDigest::for_language(Some("RUST")), BodyDigest::Crc32);
-        for other in [
-            Some("JAVA"),
-            Some("PYTHON"),
-            Some("GOLANG"),
-            Some("rust"),
-            None,
-        ] {
-            assert_eq!(
-                BodyDigest::for_language(other),
-                BodyDigest::Md5,
-                "{other:?}"
-            );
+    fn crc32_goes_only_to_clients_that_ask_for_it() {
+        assert_eq!(BodyDigest::accepted(Some("CRC32")), BodyDigest::Crc32);
+        for other in [Some("MD5"), Some("crc32"), Some(""), None] {
+            assert_eq!(BodyDigest::accepted(other), BodyDigest::Md5, "{other:?}");
         }
         let crc = BodyDigest::Crc32.of(b"hello");
         assert_eq!(crc.r#type, pb::DigestType::Crc32 as i32);

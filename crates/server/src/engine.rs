@@ -919,6 +919,10 @@ impl Engine {
                             })
                     }
                     Ok(d @ EndDecision::AlreadyEnded(_)) => {
+                        // The record that ended it may not be durable yet
+                        // (a repeat sent while the first still waits): the
+                        // repeat's OK waits for everything appended so far.
+                        durable_end = durable_end.max(self.log.next_offset());
                         Metrics::add(&self.metrics.tx_end_repeated, 1);
                         Ok(d)
                     }

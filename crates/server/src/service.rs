@@ -441,10 +441,10 @@ impl MessagingService for Service {
             return Ok(Response::new(receive_frames(s, vec![])));
         }
         let client_wait = grpc_timeout(&request);
-        let digest = convert::BodyDigest::for_language(
+        let digest = convert::BodyDigest::accepted(
             request
                 .metadata()
-                .get("x-mq-language")
+                .get(convert::ACCEPT_DIGEST_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
         let req = request.into_inner();

@@ -285,8 +285,8 @@ async fn refusals_carry_precise_codes_and_store_nothing() {
         .collect();
     assert_eq!(messages.len(), 2);
     let sp = messages[0].system_properties.as_ref().unwrap();
-    // A client that does not say it is Ferry's own gets MD5, as every
-    // official client checks it.
+    // A client that does not ask for CRC32 gets MD5, as every official
+    // client checks it.
     let digest = sp.body_digest.as_ref().unwrap();
     assert_eq!(digest.r#type, pb::DigestType::Md5 as i32);
     assert_eq!(digest.checksum, "5D41402ABC4B2A76B9719D911017C592");
@@ -836,6 +836,43 @@ async fn end_transactions_decides_each_entry_in_order() {
         .unwrap()
         .into_inner();
     assert_eq!(code(&r.status), Code::ClientIdRequired);
+
+    // A consumer that accepts CRC32 body digests (Ferry's client does) gets
+    // them instead of MD5.
+    c.send_message(req(pb::SendMessageRequest {
+        messages: vec![msg("digest", "d1", b"hello")],
+    }))
+    .await
+    .unwrap();
+    let mut r = req(pb::ReceiveMessageRequest {
+        group: res("g"),
+        message_queue: Some(pb::MessageQueue {
+            topic: res("digest"),
+            ..Default::default()
+        }),
+        batch_size: 1,
+        invisible_duration: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        long_polling_timeout: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    r.metadata_mut()
+        .insert("x-ferry-accept-digest", "CRC32".parse().unwrap());
+    let mut s = c.receive_message(r).await.unwrap().into_inner();
+    let mut digests = Vec::new();
+    while let Some(item) = s.message().await.unwrap() {
+        if let Some(pb::receive_message_response::Content::Message(m)) = item.content {
+            digests.push(m.system_properties.unwrap().body_digest.unwrap());
+        }
+    }
+    assert_eq!(digests.len(), 1);
+    assert_eq!(digests[0].r#type, pb::DigestType::Crc32 as i32);
+    assert_eq!(digests[0].checksum, "3610A686");
 
     // Turned off, the broker answers as one without the extension would.
     let dir = tempfile::tempdir().unwrap();
