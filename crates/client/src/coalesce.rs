@@ -159,6 +159,15 @@ impl Kind {
         matches!(self, Kind::Half { .. })
     }
 
+    /// The type of every message of the lane (all [`eligible`]: no group,
+    /// no delivery time), as `Message::message_type` answers it.
+    fn message_type(self) -> pb::MessageType {
+        match self {
+            Kind::Plain => pb::MessageType::Normal,
+            Kind::Half { .. } => pb::MessageType::Transaction,
+        }
+    }
+
     fn check_after(self) -> Option<Duration> {
         match self {
             Kind::Plain => None,
@@ -195,7 +204,7 @@ impl Default for Coalescer {
 /// Whether `m` may share a call: no message group (a group's messages
 /// must keep their one-at-a-time order) and no delivery time (delayed
 /// messages carry their own message type).
-pub(crate) fn eligible(m: &Message) -> bool {
+fn eligible(m: &Message) -> bool {
     m.message_group.is_none() && m.delivery_time.is_none()
 }
 
@@ -212,10 +221,10 @@ fn stored_nothing(e: &ClientError) -> bool {
 
 impl Coalescer {
     /// Whether half messages may share calls: only once the broker is
-    /// known to be Ferry. Apache RocketMQ refuses a batch of half messages
+    /// known to be Ferry. Apache RocketMQ refuses batches of half messages,
     /// with a status that does not prove nothing was stored, so there a
     /// shared half call would fail for all its callers.
-    pub(crate) fn shares_halves(&self) -> bool {
+    fn shares_halves(&self) -> bool {
         self.extensions.load(Ordering::Relaxed) == EXTENSIONS_PRESENT
     }
 
@@ -229,18 +238,21 @@ impl Coalescer {
         }
     }
 
-    /// Checks `m` (which must be [`eligible`]) and sends it in a call
-    /// shared with other concurrent sends of its lane.
+    /// Sends `m`: in a call shared with other concurrent sends of its lane
+    /// when it may share ([`eligible`], and for a half message a broker
+    /// known to be Ferry), in a call of its own otherwise.
     pub(crate) async fn send(
         &self,
         inner: &Arc<ProducerInner>,
         m: Message,
         kind: Kind,
     ) -> Result<SendReceipt> {
-        debug_assert!(eligible(&m), "only eligible messages share calls");
-        inner.session.ensure_running()?;
-        m.message_type(kind.transactional())?;
-        m.check(inner.session.server().max_body)?;
+        let (transactional, check_after) = (kind.transactional(), kind.check_after());
+        if !eligible(&m) || (transactional && !self.shares_halves()) {
+            return inner.send_one(&m, transactional, check_after).await;
+        }
+        // Checked alone now, so one bad message never fails a shared call.
+        inner.check_batch(std::slice::from_ref(&m), transactional)?;
         let lane = Lane {
             topic: m.topic.clone(),
             kind,
@@ -273,9 +285,12 @@ impl Coalescer {
     }
 }
 
-/// One send slot of a lane: sends what waits, until nothing does.
+/// One send slot of a lane: sends what waits, until nothing does. Every
+/// message was checked when it joined, and a lane holds one topic and one
+/// kind of eligible message, so a batch of them needs no second check.
 async fn send_calls(inner: Arc<ProducerInner>, lane: Lane) {
     let (transactional, check_after) = (lane.kind.transactional(), lane.kind.check_after());
+    let message_type = lane.kind.message_type();
     loop {
         let batch = inner
             .coalescer
@@ -285,7 +300,10 @@ async fn send_calls(inner: Arc<ProducerInner>, lane: Lane) {
             return;
         }
         let (messages, waiters): (Vec<Message>, Vec<_>) = batch.into_iter().unzip();
-        match inner.send(&messages, transactional, check_after).await {
+        let sent = inner
+            .send_checked(&messages, message_type, transactional, check_after)
+            .await;
+        match sent {
             Ok(receipts) => {
                 for (tx, r) in waiters.into_iter().zip(receipts) {
                     let _ = tx.send(Ok(r));

@@ -94,7 +94,10 @@ impl Interceptor for Headers {
         md.insert("x-mq-protocol", MetadataValue::from_static("v2"));
         // Ferry then delivers CRC32 body digests (which `from_wire` checks)
         // instead of MD5, a tenth of a consumer's CPU; other brokers ignore it.
-        md.insert("x-ferry-accept-digest", MetadataValue::from_static("CRC32"));
+        md.insert(
+            ferry_proto::ext::ACCEPT_DIGEST_HEADER,
+            MetadataValue::from_static("CRC32"),
+        );
         md.insert(
             "x-mq-client-version",
             MetadataValue::from_static(CLIENT_VERSION),

@@ -120,6 +120,18 @@ impl ProducerInner {
         transactional: bool,
         check_after: Option<Duration>,
     ) -> Result<Vec<SendReceipt>> {
+        let kind = self.check_batch(messages, transactional)?;
+        self.send_checked(messages, kind, transactional, check_after)
+            .await
+    }
+
+    /// Refuses, before anything is sent, a batch the broker would refuse
+    /// (or that could not be one call); answers the batch's message type.
+    pub(crate) fn check_batch(
+        &self,
+        messages: &[Message],
+        transactional: bool,
+    ) -> Result<pb::MessageType> {
         let session = &self.session;
         session.ensure_running()?;
         let invalid = |why: String| ClientError::Invalid { what: "batch", why };
@@ -149,6 +161,21 @@ impl ProducerInner {
                 return Err(invalid("one message type per batch".into()));
             }
         }
+        Ok(kind)
+    }
+
+    /// Sends a batch that passed [`ProducerInner::check_batch`] (whose
+    /// answer `kind` is).
+    pub(crate) async fn send_checked(
+        &self,
+        messages: &[Message],
+        kind: pb::MessageType,
+        transactional: bool,
+        check_after: Option<Duration>,
+    ) -> Result<Vec<SendReceipt>> {
+        let session = &self.session;
+        let settings = session.server();
+        let first = messages.first().expect("a checked batch is not empty");
         let route = self.routes.get(session, &first.topic).await?;
         if route.writable.is_empty() {
             return Err(ClientError::Invalid {
@@ -286,14 +313,10 @@ impl Producer {
     /// the broker (see [`crate::coalesce`]); each still gets its own
     /// receipt or error.
     pub async fn send(&self, message: Message) -> Result<SendReceipt> {
-        if coalesce::eligible(&message) {
-            return self
-                .inner
-                .coalescer
-                .send(&self.inner, message, coalesce::Kind::Plain)
-                .await;
-        }
-        self.inner.send_one(&message, false, None).await
+        self.inner
+            .coalescer
+            .send(&self.inner, message, coalesce::Kind::Plain)
+            .await
     }
 
     /// Sends messages of one topic (and one message group, if any) in one

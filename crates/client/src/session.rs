@@ -51,19 +51,6 @@ pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-/// A call's answer within `deadline` (a dead connection must not hang the
-/// caller).
-async fn bounded<T>(
-    deadline: Duration,
-    call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T> {
-    match tokio::time::timeout(deadline, call).await {
-        Err(_) => Err(ClientError::Timeout(deadline)),
-        Ok(Err(s)) => Err(ClientError::Rpc(s)),
-        Ok(Ok(r)) => Ok(r.into_inner()),
-    }
-}
-
 /// What the broker told this client in the settings exchange, already read.
 #[derive(Debug, Clone)]
 pub(crate) struct ServerSettings {
@@ -235,8 +222,22 @@ impl Session {
     where
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.bounded(deadline, call(self.rpc.clone())).await
+    }
+
+    /// A call's answer within `deadline` (a dead connection must not hang
+    /// the caller), unless the client is shut down.
+    async fn bounded<T>(
+        &self,
+        deadline: Duration,
+        call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
         self.ensure_running()?;
-        bounded(deadline, call(self.rpc.clone())).await
+        match tokio::time::timeout(deadline, call).await {
+            Err(_) => Err(ClientError::Timeout(deadline)),
+            Ok(Err(s)) => Err(ClientError::Rpc(s)),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+        }
     }
 
     fn settings_command(&self) -> pb::TelemetryCommand {
@@ -507,10 +508,10 @@ impl Session {
         &self,
         entries: Vec<pb::EndTransactionRequest>,
     ) -> Result<ext::EndTransactionsResponse> {
-        self.ensure_running()?;
         let deadline = self.config.request_timeout;
         let req = self.request(ext::EndTransactionsRequest { entries }, deadline);
-        bounded(deadline, self.ext.clone().end_transactions(req)).await
+        self.bounded(deadline, self.ext.clone().end_transactions(req))
+            .await
     }
 
     async fn heartbeat_loop(self: Arc<Self>) {

@@ -186,19 +186,14 @@ impl Transaction {
             });
         }
         let topic = message.topic.clone();
-        let receipt = if coalesce::eligible(&message) && self.producer.coalescer.shares_halves() {
-            let kind = coalesce::Kind::Half {
-                check_after: self.check_after,
-            };
-            self.producer
-                .coalescer
-                .send(&self.producer, message, kind)
-                .await?
-        } else {
-            self.producer
-                .send_one(&message, true, self.check_after)
-                .await?
+        let kind = coalesce::Kind::Half {
+            check_after: self.check_after,
         };
+        let receipt = self
+            .producer
+            .coalescer
+            .send(&self.producer, message, kind)
+            .await?;
         if receipt.transaction_id.is_empty() {
             return Err(ClientError::Protocol(
                 "a half message was stored without a transaction id".into(),

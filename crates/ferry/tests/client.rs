@@ -630,32 +630,7 @@ async fn ack_all_settles_a_batch_in_one_call() {
 /// still gets its own receipt, and every message arrives exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_each_get_their_receipt() {
-    let b = Broker::start(&[]);
-    let p = Arc::new(
-        Producer::builder(b.config())
-            .topics(["shared"])
-            .start()
-            .await
-            .unwrap(),
-    );
-    let mut tasks = Vec::new();
-    for i in 0..300 {
-        let p = p.clone();
-        tasks.push(tokio::spawn(async move {
-            p.send(Message::new("shared", format!("m{i}"))).await
-        }));
-    }
-    let mut ids = HashSet::new();
-    for t in tasks {
-        let r = t.await.unwrap().expect("each send succeeds");
-        assert!(ids.insert(r.message_id), "receipts are distinct");
-    }
-    assert_eq!(ids.len(), 300);
-    let c = simple(&b, "shared-g", "shared", FilterExpression::all()).await;
-    let got = drain(&c, 300, Duration::from_secs(15)).await;
-    let bodies: HashSet<Vec<u8>> = got.iter().map(|m| m.body.to_vec()).collect();
-    assert_eq!(got.len(), 300, "each once");
-    assert_eq!(bodies.len(), 300);
+    concurrent_sends(&Broker::start(&[])).await;
 }
 
 /// Half messages of concurrent transactions share calls, and so do their
@@ -675,8 +650,62 @@ async fn transactions_end_without_the_broker_extensions() {
     assert_eq!(p.broker_extensions(), Some(false));
 }
 
+/// A broker that refuses every batch of more than one message refuses each
+/// shared call whole (nothing stored): every message, plain or half, is
+/// then sent again alone, and each caller still succeeds exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_calls_refused_whole_are_sent_again_one_by_one() {
+    let b = Broker::start(&["--max-batch-messages", "1"]);
+    concurrent_sends(&b).await;
+    let p = concurrent_transactions(&b).await;
+    assert_eq!(p.broker_extensions(), Some(true));
+}
+
+/// Runs `n` tasks at once and checks each succeeded with an answer of its
+/// own (receipt or transaction ids must never be shared between callers).
+async fn distinct_answers<F, Fut>(n: usize, task: F) -> HashSet<String>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<String, ClientError>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(task(i))).collect();
+    let mut answers = HashSet::new();
+    for t in tasks {
+        let a = t.await.unwrap().expect("each call succeeds");
+        assert!(!a.is_empty());
+        assert!(answers.insert(a), "answers are distinct");
+    }
+    answers
+}
+
+/// 300 concurrent plain sends; each arrives exactly once.
+async fn concurrent_sends(b: &Broker) {
+    let p = Arc::new(
+        Producer::builder(b.config())
+            .topics(["shared"])
+            .start()
+            .await
+            .unwrap(),
+    );
+    distinct_answers(300, |i| {
+        let p = p.clone();
+        async move {
+            let r = p.send(Message::new("shared", format!("m{i}"))).await?;
+            Ok(r.message_id)
+        }
+    })
+    .await;
+    let c = simple(b, "shared-g", "shared", FilterExpression::all()).await;
+    let got = drain(&c, 300, Duration::from_secs(15)).await;
+    let bodies: HashSet<Vec<u8>> = got.iter().map(|m| m.body.to_vec()).collect();
+    assert_eq!(got.len(), 300, "each once");
+    assert_eq!(bodies.len(), 300);
+}
+
 /// 200 concurrent transactions, even ones committed and odd ones rolled
-/// back; exactly the committed ones arrive, each once.
+/// back; exactly the committed ones arrive, each once. One rolled-back
+/// transaction goes first, so the producer knows the broker (halves share
+/// calls only with Ferry) before the concurrent ones start.
 async fn concurrent_transactions(b: &Broker) -> Arc<TransactionProducer> {
     let p = Arc::new(
         TransactionProducer::builder(b.config(), key_checker())
@@ -685,10 +714,15 @@ async fn concurrent_transactions(b: &Broker) -> Arc<TransactionProducer> {
             .await
             .unwrap(),
     );
-    let mut tasks = Vec::new();
-    for i in 0..200 {
+    let mut first = p.begin();
+    first
+        .send(Message::new("tx-shared", "first").with_key("undecided"))
+        .await
+        .unwrap();
+    first.rollback().await.unwrap();
+    distinct_answers(200, |i| {
         let p = p.clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             let mut t = p.begin();
             let r = t
                 .send(Message::new("tx-shared", format!("t{i}")).with_key("undecided"))
@@ -698,15 +732,10 @@ async fn concurrent_transactions(b: &Broker) -> Arc<TransactionProducer> {
             } else {
                 t.rollback().await?;
             }
-            Ok::<_, ClientError>(r.transaction_id)
-        }));
-    }
-    let mut ids = HashSet::new();
-    for t in tasks {
-        let id = t.await.unwrap().expect("each transaction succeeds");
-        assert!(!id.is_empty());
-        assert!(ids.insert(id), "transaction ids are distinct");
-    }
+            Ok(r.transaction_id)
+        }
+    })
+    .await;
     let c = simple(b, "tx-shared-g", "tx-shared", FilterExpression::all()).await;
     let got = drain(&c, 100, Duration::from_secs(15)).await;
     let mut bodies: Vec<String> = got

@@ -26,6 +26,10 @@ pub mod apache {
 pub mod ferry {
     pub mod v1 {
         tonic::include_proto!("ferry.v1");
+
+        /// Request header by which a consumer accepts CRC32 body digests
+        /// (eight upper-case hex digits) instead of MD5 on delivery.
+        pub const ACCEPT_DIGEST_HEADER: &str = "x-ferry-accept-digest";
     }
 }
 

@@ -100,8 +100,8 @@ pub fn incoming(m: pb::Message) -> Result<Incoming, BrokerError> {
 /// MD5 otherwise.
 ///
 /// Why two: MD5 is the digest every official client checks the same way,
-/// but at about 700 MB/s it was a tenth of the broker's CPU (and of the
-/// consumer's) when delivering 1 KiB messages. CRC32 costs next to nothing,
+/// but it was a tenth of the broker's CPU (and of the consumer's) when
+/// delivering 1 KiB messages (BENCHMARKS.md, profiling). CRC32 costs next to nothing,
 /// yet clients differ in how they write it (Python zero-pads eight hex
 /// digits; not every client is known to do the same), so it goes only to a
 /// client that says it checks Ferry's form (eight upper-case hex digits).
@@ -111,11 +111,9 @@ pub enum BodyDigest {
     Crc32,
 }
 
-/// The request header by which a client accepts CRC32 body digests.
-pub const ACCEPT_DIGEST_HEADER: &str = "x-ferry-accept-digest";
-
 impl BodyDigest {
-    /// From the value of [`ACCEPT_DIGEST_HEADER`], if the request had one.
+    /// From the value of `ferry_proto::ext::ACCEPT_DIGEST_HEADER`, if the
+    /// request had one.
     pub fn accepted(header: Option<&str>) -> BodyDigest {
         match header {
             Some("CRC32") => BodyDigest::Crc32,

@@ -98,22 +98,22 @@ impl Extensions for ExtensionsService {
                     .collect(),
             }))
         };
-        if let Err(s) = client_id(&request) {
-            return Ok(Response::new(ext::EndTransactionsResponse {
-                status: Some(s),
+        // The whole call refused: one status, no entries.
+        let refuse = |status| {
+            Ok(Response::new(ext::EndTransactionsResponse {
+                status: Some(status),
                 entries: vec![],
-            }));
+            }))
+        };
+        if let Err(s) = client_id(&request) {
+            return refuse(s);
         }
         let entries = request.into_inner().entries;
         if entries.is_empty() || entries.len() > MAX_END_BATCH {
-            let refused = broker_status(BrokerError::BadRequest(format!(
+            return refuse(broker_status(BrokerError::BadRequest(format!(
                 "EndTransactions carries 1 to {MAX_END_BATCH} entries, not {}",
                 entries.len()
-            )));
-            return Ok(Response::new(ext::EndTransactionsResponse {
-                status: Some(refused),
-                entries: vec![],
-            }));
+            ))));
         }
         // Checked entries go to the engine together; the others keep their
         // refusal (or their nothing-to-do OK) in place.

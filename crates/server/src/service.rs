@@ -444,7 +444,7 @@ impl MessagingService for Service {
         let digest = convert::BodyDigest::accepted(
             request
                 .metadata()
-                .get(convert::ACCEPT_DIGEST_HEADER)
+                .get(ferry_proto::ext::ACCEPT_DIGEST_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
         let req = request.into_inner();

@@ -108,29 +108,44 @@ async fn receive_with(
     attempt_id: Option<&str>,
     poll_ms: i32,
 ) -> Vec<pb::receive_message_response::Content> {
-    let mut s = c
-        .receive_message(req(pb::ReceiveMessageRequest {
-            group: res("g"),
-            message_queue: Some(pb::MessageQueue {
-                topic: res(topic),
-                ..Default::default()
-            }),
-            filter_expression: filter,
-            batch_size: 16,
-            invisible_duration: Some(prost_types::Duration {
-                seconds: 30,
-                nanos: 0,
-            }),
-            long_polling_timeout: Some(prost_types::Duration {
-                seconds: i64::from(poll_ms / 1000),
-                nanos: (poll_ms % 1000) * 1_000_000,
-            }),
-            attempt_id: attempt_id.map(String::from),
+    let r = receive_request(topic, filter, attempt_id, poll_ms);
+    receive_frames_of(c, req(r)).await
+}
+
+/// A receive of up to 16 messages of `topic` for group `g`, invisible 30 s.
+fn receive_request(
+    topic: &str,
+    filter: Option<pb::FilterExpression>,
+    attempt_id: Option<&str>,
+    poll_ms: i32,
+) -> pb::ReceiveMessageRequest {
+    pb::ReceiveMessageRequest {
+        group: res("g"),
+        message_queue: Some(pb::MessageQueue {
+            topic: res(topic),
             ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+        }),
+        filter_expression: filter,
+        batch_size: 16,
+        invisible_duration: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        long_polling_timeout: Some(prost_types::Duration {
+            seconds: i64::from(poll_ms / 1000),
+            nanos: (poll_ms % 1000) * 1_000_000,
+        }),
+        attempt_id: attempt_id.map(String::from),
+        ..Default::default()
+    }
+}
+
+/// Every frame the receive answers with, in order.
+async fn receive_frames_of(
+    c: &mut MessagingServiceClient<Channel>,
+    r: Request<pb::ReceiveMessageRequest>,
+) -> Vec<pb::receive_message_response::Content> {
+    let mut s = c.receive_message(r).await.unwrap().into_inner();
     let mut out = Vec::new();
     while let Some(item) = s.message().await.unwrap() {
         out.push(item.content.unwrap());
@@ -844,32 +859,21 @@ async fn end_transactions_decides_each_entry_in_order() {
     }))
     .await
     .unwrap();
-    let mut r = req(pb::ReceiveMessageRequest {
-        group: res("g"),
-        message_queue: Some(pb::MessageQueue {
-            topic: res("digest"),
-            ..Default::default()
-        }),
-        batch_size: 1,
-        invisible_duration: Some(prost_types::Duration {
-            seconds: 30,
-            nanos: 0,
-        }),
-        long_polling_timeout: Some(prost_types::Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
-        ..Default::default()
-    });
-    r.metadata_mut()
-        .insert("x-ferry-accept-digest", "CRC32".parse().unwrap());
-    let mut s = c.receive_message(r).await.unwrap().into_inner();
-    let mut digests = Vec::new();
-    while let Some(item) = s.message().await.unwrap() {
-        if let Some(pb::receive_message_response::Content::Message(m)) = item.content {
-            digests.push(m.system_properties.unwrap().body_digest.unwrap());
-        }
-    }
+    let mut r = req(receive_request("digest", None, None, 1000));
+    r.metadata_mut().insert(
+        ferry_proto::ext::ACCEPT_DIGEST_HEADER,
+        "CRC32".parse().unwrap(),
+    );
+    let digests: Vec<pb::Digest> = receive_frames_of(&mut c, r)
+        .await
+        .into_iter()
+        .filter_map(|f| match f {
+            pb::receive_message_response::Content::Message(m) => {
+                m.system_properties.unwrap().body_digest
+            }
+            _ => None,
+        })
+        .collect();
     assert_eq!(digests.len(), 1);
     assert_eq!(digests[0].r#type, pb::DigestType::Crc32 as i32);
     assert_eq!(digests[0].checksum, "3610A686");
