@@ -745,6 +745,24 @@ impl Broker {
                 o.topic, o.queue_id, o.queue_offset
             )));
         }
+        // A message dead-lettered again since has a newer letter; the
+        // message's state follows the newest one, so only that one may be
+        // re-driven (an older one would leave the newest looking pending).
+        let newer = self.dead_letters.get(group).and_then(|m| {
+            m.range(dlq_offset + 1..)
+                .find(|(_, x)| {
+                    x.topic == o.topic
+                        && x.queue_id == o.queue_id
+                        && x.queue_offset == o.queue_offset
+                })
+                .map(|(at, _)| *at)
+        });
+        if let Some(newer) = newer {
+            return Err(BrokerError::Conflict(format!(
+                "the message was dead-lettered again since, at offset {newer} of {}; re-drive that letter",
+                dlq_topic(group)
+            )));
+        }
         let in_flight = self
             .groups
             .get(group)
@@ -1210,7 +1228,7 @@ impl Broker {
             };
             for off in gq.inflight.keys() {
                 if let Some(g) = queue.get(*off).and_then(|e| e.group.clone()) {
-                    fifo.busy.insert(g, *off);
+                    fifo.busy.entry(g).or_default().insert(*off);
                 }
             }
             gq.fifo = Some(fifo);

@@ -31,8 +31,10 @@ pub struct Inflight {
 pub struct Fifo {
     /// Next offset a scan for new messages examines (≥ the cursor).
     pub scan: u64,
-    /// Message group → the offset of its one message in flight.
-    pub busy: HashMap<Arc<str>, u64>,
+    /// Message group → the offsets of its messages in flight: one, unless
+    /// an operator re-drove one while another was out. The group is free
+    /// only once all of them are settled.
+    pub busy: HashMap<Arc<str>, BTreeSet<u64>>,
     /// Message group → its messages waiting, oldest first.
     pub held: HashMap<Arc<str>, VecDeque<u64>>,
     pub held_count: usize,
@@ -60,7 +62,7 @@ impl Fifo {
     /// `offset` of `g` went out: `g` is busy, and if it was the head of the
     /// waiting line it leaves the line.
     fn delivered(&mut self, offset: u64, g: &Arc<str>) {
-        self.busy.insert(g.clone(), offset);
+        self.busy.entry(g.clone()).or_default().insert(offset);
         if let Some(q) = self.held.get_mut(g) {
             if q.front() == Some(&offset) {
                 q.pop_front();
@@ -75,7 +77,10 @@ impl Fifo {
 
     /// `offset` of `g` is settled: the next waiting message of `g` may go.
     fn settled(&mut self, offset: u64, g: &Arc<str>) {
-        if self.busy.get(g) != Some(&offset) {
+        let Some(out) = self.busy.get_mut(g) else {
+            return;
+        };
+        if !out.remove(&offset) || !out.is_empty() {
             return;
         }
         self.busy.remove(g);

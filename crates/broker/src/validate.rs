@@ -78,6 +78,16 @@ pub fn message(m: &Incoming, limits: &Limits) -> Result<(), BrokerError> {
             )));
         }
     }
+    // The commit-log record holds it as a string of at most 64 KiB, and
+    // nothing else bounds it: longer, it would make the record encoder panic
+    // in the middle of `Log::append` (found by fuzz/request_validation).
+    if m.born_host.len() > u16::MAX as usize {
+        return Err(BrokerError::BadRequest(format!(
+            "born host of {} bytes; at most {} allowed",
+            m.born_host.len(),
+            u16::MAX
+        )));
+    }
     if m.properties.len() > limits.max_properties {
         return Err(BrokerError::PropertiesTooLarge(format!(
             "{} properties, at most {} allowed",
@@ -146,5 +156,38 @@ pub fn delivery_time(m: &Incoming, now_ms: i64, limits: &Limits) -> Result<(), B
             )))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn incoming(born_host: String) -> Incoming {
+        Incoming {
+            topic: "t".into(),
+            message_id: "id".into(),
+            kind: MessageKind::Normal,
+            tag: None,
+            keys: vec![],
+            message_group: None,
+            delivery_timestamp_ms: None,
+            check_after_ms: None,
+            born_timestamp_ms: 0,
+            born_host,
+            queue_id: 0,
+            body_encoding: 0,
+            properties: vec![],
+            body: Bytes::from_static(b"x"),
+        }
+    }
+
+    #[test]
+    fn born_host_fits_a_record_string() {
+        let limits = Limits::default();
+        assert!(message(&incoming("h".repeat(u16::MAX as usize)), &limits).is_ok());
+        let err = message(&incoming("h".repeat(u16::MAX as usize + 1)), &limits).unwrap_err();
+        assert!(matches!(err, BrokerError::BadRequest(_)), "{err}");
     }
 }

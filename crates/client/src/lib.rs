@@ -68,6 +68,6 @@ pub use push_consumer::{ConsumeResult, PushConsumer, PushConsumerBuilder};
 pub use retry::{Backoff, RetryPolicy};
 pub use simple_consumer::{SimpleConsumer, SimpleConsumerBuilder};
 pub use transaction::{
-    CheckWith, Transaction, TransactionChecker, TransactionProducer, TransactionProducerBuilder,
-    TransactionResolution, MAX_HALVES_PER_TRANSACTION,
+    CheckWith, HalfId, Transaction, TransactionChecker, TransactionProducer,
+    TransactionProducerBuilder, TransactionResolution, MAX_HALVES_PER_TRANSACTION,
 };

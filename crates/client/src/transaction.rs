@@ -124,6 +124,19 @@ impl TransactionProducer {
         }
     }
 
+    /// A transaction whose halves an earlier [`Transaction`] sent — perhaps
+    /// by a process that has since died — so that this producer can commit
+    /// or roll it back without waiting for a check-back. Ending it again
+    /// with the same outcome is harmless (the broker answers a repeat OK);
+    /// a different outcome than the one already recorded is refused.
+    pub fn resume(&self, halves: Vec<HalfId>) -> Transaction {
+        Transaction {
+            producer: self.producer.inner.clone(),
+            halves,
+            check_after: None,
+        }
+    }
+
     /// The plain producer underneath: non-transactional sends, batches,
     /// recall, client id, shutdown.
     pub fn producer(&self) -> &Producer {
@@ -151,17 +164,21 @@ impl TransactionProducer {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Half {
-    topic: String,
-    message_id: String,
-    transaction_id: String,
+/// What names one half message to the broker: enough to end its
+/// transaction later, e.g. from a producer restarted after a crash that
+/// kept these next to its local transaction (see
+/// [`TransactionProducer::resume`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HalfId {
+    pub topic: String,
+    pub message_id: String,
+    pub transaction_id: String,
 }
 
 /// One transaction's half messages.
 pub struct Transaction {
     producer: Arc<ProducerInner>,
-    halves: Vec<Half>,
+    halves: Vec<HalfId>,
     check_after: Option<Duration>,
 }
 
@@ -199,12 +216,18 @@ impl Transaction {
                 "a half message was stored without a transaction id".into(),
             ));
         }
-        self.halves.push(Half {
+        self.halves.push(HalfId {
             topic,
             message_id: receipt.message_id.clone(),
             transaction_id: receipt.transaction_id.clone(),
         });
         Ok(receipt)
+    }
+
+    /// The halves sent so far, as [`TransactionProducer::resume`] takes
+    /// them back.
+    pub fn halves(&self) -> &[HalfId] {
+        &self.halves
     }
 
     /// Transaction ids of the halves sent so far.

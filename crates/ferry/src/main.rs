@@ -44,6 +44,8 @@ enum Command {
     Tx(cli::tx::TxArgs),
     /// Dead letters of a consumer group, and re-drive.
     Dlq(cli::dlq::DlqArgs),
+    /// Reliability harness: kill -9 loops with a history checker, file damage.
+    Chaos(ferry_chaos::ChaosArgs),
     /// Publish a service's outbox table to the broker; inspect and tidy it.
     Outbox(cli::outbox::OutboxArgs),
 }
@@ -57,6 +59,9 @@ fn main() -> std::process::ExitCode {
         // The benchmarks start many clients; each would log its start.
         Command::Bench(_) => "info,ferry_client=warn,async_nats=warn,lapin=warn",
         Command::Outbox(ref a) if a.is_relay() => "info",
+        // Workers log their clients' reconnects after each kill; warnings
+        // are what the run's logs are for.
+        Command::Chaos(_) => "warn,ferry_client=error",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -77,6 +82,7 @@ fn main() -> std::process::ExitCode {
         Command::Tx(args) => cli::block_on(cli::tx::run(args)),
         Command::Dlq(args) => cli::block_on(cli::dlq::run(args)),
         Command::Outbox(args) => cli::outbox::run(args),
+        Command::Chaos(args) => ferry_chaos::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

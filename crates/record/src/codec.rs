@@ -293,6 +293,11 @@ pub fn decode(
     if rec[9] != FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(rec[9]));
     }
+    // Version 1 writes the reserved bytes as zero; anything else is not a
+    // record this build wrote, and would not re-encode to the same bytes.
+    if rec[10..12] != [0, 0] {
+        return Err(DecodeError::Malformed("reserved header bytes are not zero"));
+    }
     let kind = Kind::from_u8(rec[8]).ok_or(DecodeError::UnknownKind(rec[8]))?;
     let term = u64::from_le_bytes(rec[12..20].try_into().expect("8 bytes"));
     let timestamp_ms = i64::from_le_bytes(rec[28..36].try_into().expect("8 bytes"));

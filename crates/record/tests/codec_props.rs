@@ -303,3 +303,23 @@ fn topic_delete_is_kind_11() {
     assert_eq!(Kind::from_u8(11), Some(Kind::TopicDelete));
     assert_eq!(decode(&buf, 64, MAX).unwrap().0, rec);
 }
+
+/// Found by the `record_decode` fuzz target: a record whose reserved header
+/// bytes are not zero, under a matching checksum, used to decode — and then
+/// re-encoded to different bytes.
+#[test]
+fn nonzero_reserved_bytes_are_refused() {
+    let rec = Record {
+        term: 0,
+        timestamp_ms: 5,
+        payload: Payload::TopicDelete(TopicDeleteRecord {
+            topic: "orders".into(),
+        }),
+    };
+    let mut buf = encoded(&rec, 64).to_vec();
+    buf[11] = 0xff;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[0..4]), &buf[8..]);
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    let err = decode(&Bytes::from(buf), 64, MAX).unwrap_err();
+    assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+}

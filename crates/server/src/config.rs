@@ -1,11 +1,12 @@
 //! Everything `ferry serve` can be told.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_broker::CoreConfig;
 use ferry_store::retention::RetentionPolicy;
-use ferry_store::FlushMode;
+use ferry_store::{DiskHook, FlushMode};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -32,6 +33,11 @@ pub struct ServerConfig {
     /// would, and they fall back to the standard calls.
     pub extensions: bool,
     pub core: CoreConfig,
+    /// How often a failed commit log tries to heal (see `Engine::heal`).
+    pub heal_interval: Duration,
+    /// Passed to the commit log (`LogConfig::disk_hook`): tests inject disk
+    /// faults through it. Never set in production (no flag sets it).
+    pub disk_hook: Option<Arc<dyn DiskHook>>,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +58,8 @@ impl Default for ServerConfig {
             default_long_polling: Duration::from_secs(20),
             extensions: true,
             core: CoreConfig::default(),
+            heal_interval: Duration::from_secs(1),
+            disk_hook: None,
         }
     }
 }

@@ -6,6 +6,13 @@
 //! records before answering. Because appends and applies happen under the
 //! same lock, the log order *is* the order the core saw, and replaying the
 //! log after a crash rebuilds exactly this state.
+//!
+//! A disk fault stops the log (every write is refused). The core has then
+//! applied records the log will never commit, so [`Engine::heal`] rebuilds
+//! it by replaying the healed log, exactly as [`Engine::open`] does. Waits
+//! name the log epoch their records were appended in (read under the core
+//! lock, which a heal holds throughout), so a record dropped by a heal is
+//! never reported durable.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,6 +38,10 @@ pub enum EngineError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A blocking task (a lookup's log scan) ended without an answer: a
+    /// bug or a shutdown, not a disk fault.
+    #[error("{0}")]
+    Task(String),
 }
 
 /// Topic definitions as kept in `meta/topics.json`.
@@ -158,6 +169,11 @@ const MAX_REMEMBERED_ATTEMPTS: usize = 10_000;
 pub const MAX_ATTEMPT_ID_LEN: usize = 128;
 
 impl Attempts {
+    fn clear(&mut self) {
+        self.by_key.clear();
+        self.order.clear();
+    }
+
     fn remember(&mut self, key: (String, String, String), deliveries: Vec<Delivery>) {
         if self.by_key.insert(key.clone(), deliveries).is_none() {
             self.order.push_back(key);
@@ -172,6 +188,8 @@ impl Attempts {
 
 pub struct Engine {
     core: Mutex<Broker>,
+    /// What a fresh core is built from (at open and on heal).
+    core_config: ferry_broker::CoreConfig,
     log: Log,
     meta_path: std::path::PathBuf,
     groups_path: std::path::PathBuf,
@@ -198,6 +216,51 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A fresh core with what must be known before the log is replayed: the
+/// topic definitions (`meta/topics.json`) and the groups' own delivery
+/// policies (`meta/groups.json`). [`Engine::open`] and [`Engine::heal`]
+/// then apply every record of the log to it.
+fn load_core(
+    config: &ferry_broker::CoreConfig,
+    meta_path: &std::path::Path,
+    groups_path: &std::path::Path,
+) -> Result<Broker, EngineError> {
+    let mut core = Broker::new(config.clone());
+    match meta::read::<TopicsFile>(meta_path) {
+        Ok(Some(file)) => {
+            for t in file.topics {
+                let made = MessageTypes::parse(&t.message_types)
+                    .map_err(BrokerError::BadRequest)
+                    .and_then(|message_types| {
+                        let config = TopicConfig {
+                            queues: t.queues,
+                            message_types,
+                        };
+                        core.restore_topic(&t.name, config, t.created_at)
+                    });
+                if let Err(e) = made {
+                    warn!(topic = %t.name, error = %e, "skipping unusable topic definition");
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            // Topics are re-derived from the log; only empty topics and
+            // queue counts are lost. Say so and carry on.
+            error!(error = %e, "topic metadata unreadable; rebuilding topics from the log");
+        }
+    }
+    // Unlike topics, policies cannot be re-derived from the log: an
+    // unreadable file stops the broker rather than silently turning FIFO
+    // groups into plain ones.
+    if let Some(file) = meta::read::<GroupsFile>(groups_path)? {
+        for g in file.groups {
+            core.set_policy(&g.name, Some(g.policy))?;
+        }
+    }
+    Ok(core)
+}
+
 impl Engine {
     /// Opens the data directory: loads topic definitions, recovers the log
     /// and replays every record into a fresh core.
@@ -209,40 +272,8 @@ impl Engine {
             source,
         })?;
         let meta_path = meta_dir.join("topics.json");
-        let mut core = Broker::new(config.core.clone());
-        match meta::read::<TopicsFile>(&meta_path) {
-            Ok(Some(file)) => {
-                for t in file.topics {
-                    let made = MessageTypes::parse(&t.message_types)
-                        .map_err(BrokerError::BadRequest)
-                        .and_then(|message_types| {
-                            let config = TopicConfig {
-                                queues: t.queues,
-                                message_types,
-                            };
-                            core.restore_topic(&t.name, config, t.created_at)
-                        });
-                    if let Err(e) = made {
-                        warn!(topic = %t.name, error = %e, "skipping unusable topic definition");
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // Topics are re-derived from the log; only empty topics and
-                // queue counts are lost. Say so and carry on.
-                error!(error = %e, "topic metadata unreadable; rebuilding topics from the log");
-            }
-        }
         let groups_path = meta_dir.join("groups.json");
-        // Unlike topics, policies cannot be re-derived from the log: an
-        // unreadable file stops the broker rather than silently turning FIFO
-        // groups into plain ones.
-        if let Some(file) = meta::read::<GroupsFile>(&groups_path)? {
-            for g in file.groups {
-                core.set_policy(&g.name, Some(g.policy))?;
-            }
-        }
+        let mut core = load_core(&config.core, &meta_path, &groups_path)?;
         let mut log_config = LogConfig::new(config.data_dir.join("log"));
         log_config.flush = config.flush;
         log_config.async_flush_interval = config.async_flush_interval;
@@ -250,6 +281,7 @@ impl Engine {
         log_config.max_record_bytes = config.core.limits.max_body_bytes
             + config.core.limits.max_properties_bytes
             + (64 << 10);
+        log_config.disk_hook = config.disk_hook.clone();
         let (log, recovery) = Log::open(log_config, &mut |offset, len, rec| {
             core.apply(offset, len, &rec)
         })?;
@@ -270,6 +302,7 @@ impl Engine {
         );
         let engine = Engine {
             core: Mutex::new(core),
+            core_config: config.core.clone(),
             log,
             meta_path,
             groups_path,
@@ -459,12 +492,14 @@ impl Engine {
     /// log until retention (lookups still find them) but are never
     /// delivered again; a later send of the same name makes a new topic.
     pub async fn delete_topic(&self, topic: &str) -> Result<(), EngineError> {
+        let epoch;
         let end = {
             let mut core = self.core();
+            epoch = self.log.epoch();
             let rec = core.plan_topic_delete(now_ms(), topic)?;
             self.commit(&mut core, std::slice::from_ref(&rec))?
         };
-        self.log.wait_committed(end).await?;
+        self.log.wait_committed_in(epoch, end).await?;
         info!(%topic, "topic deleted");
         self.save_topics()?;
         // Long polls on it look again (and find it gone).
@@ -538,8 +573,10 @@ impl Engine {
             self.ensure_topic(t).map_err(|e| vec![e])?;
         }
         let now = now_ms();
+        let epoch;
         let (stored, end) = {
             let mut core = self.core();
+            epoch = self.log.epoch();
             if let Err((index, e)) = core.admit_batch(now, &batch) {
                 Metrics::add(&self.metrics.send_rejected, batch.len() as u64);
                 let reason = e.to_string();
@@ -582,7 +619,7 @@ impl Engine {
             (stored, end)
         };
         self.log
-            .wait_committed(end)
+            .wait_committed_in(epoch, end)
             .await
             .map_err(|e| vec![e.into()])?;
         Metrics::add(&self.metrics.messages_stored, batch.len() as u64);
@@ -664,8 +701,10 @@ impl Engine {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = now_ms();
+            let epoch;
             let (plan, end, next_expiry) = {
                 let mut core = self.core();
+                epoch = self.log.epoch();
                 let committed = self.log.progress().committed;
                 let read_properties =
                     |e: &ferry_broker::topic::Entry| match self.log.read(e.log_offset, e.len) {
@@ -696,7 +735,7 @@ impl Engine {
                 (plan, end, next)
             };
             if !plan.records.is_empty() {
-                self.log.wait_committed(end).await?;
+                self.log.wait_committed_in(epoch, end).await?;
             }
             if plan.dead_lettered > 0 {
                 Metrics::add(&self.metrics.dead_lettered, plan.dead_lettered as u64);
@@ -769,8 +808,10 @@ impl Engine {
         let mut results: Vec<Result<(), EngineError>> = Vec::with_capacity(receipts.len());
         let mut end = 0;
         let fifo;
+        let epoch;
         {
             let mut core = self.core();
+            epoch = self.log.epoch();
             fifo = core.policy(group).fifo;
             for receipt in receipts {
                 let r = core
@@ -781,7 +822,7 @@ impl Engine {
             }
         }
         if end > 0 {
-            if let Err(e) = self.log.wait_committed(end).await {
+            if let Err(e) = self.log.wait_committed_in(epoch, end).await {
                 let msg = e.to_string();
                 for r in results.iter_mut().filter(|r| r.is_ok()) {
                     *r = Err(StoreError::Failed(msg.clone()).into());
@@ -802,12 +843,14 @@ impl Engine {
 
     /// Cancels a delayed message whose time has not come; returns its id.
     pub async fn recall(&self, topic: &str, recall_handle: &str) -> Result<String, EngineError> {
+        let epoch;
         let (end, message_id) = {
             let mut core = self.core();
+            epoch = self.log.epoch();
             let (rec, id) = core.plan_recall(now_ms(), topic, recall_handle)?;
             (self.commit(&mut core, std::slice::from_ref(&rec))?, id)
         };
-        self.log.wait_committed(end).await?;
+        self.log.wait_committed_in(epoch, end).await?;
         Ok(message_id)
     }
 
@@ -819,12 +862,14 @@ impl Engine {
         topic: &str,
         receipt: &str,
     ) -> Result<(), EngineError> {
+        let epoch;
         let end = {
             let mut core = self.core();
+            epoch = self.log.epoch();
             let rec = core.plan_dead_letter(now_ms(), group, topic, receipt)?;
             self.commit(&mut core, std::slice::from_ref(&rec))?
         };
-        self.log.wait_committed(end).await?;
+        self.log.wait_committed_in(epoch, end).await?;
         Metrics::add(&self.metrics.dead_lettered, 1);
         self.wake(&ferry_broker::dlq_topic(group));
         // A FIFO group's next message may be free now.
@@ -835,8 +880,10 @@ impl Engine {
     /// Sends the dead letter at `dlq_offset` of `%DLQ%<group>` back to its
     /// topic for `group` (admin API): due at once, attempts counted afresh.
     pub async fn redrive(&self, group: &str, dlq_offset: u64) -> Result<String, EngineError> {
+        let epoch;
         let (end, topic) = {
             let mut core = self.core();
+            epoch = self.log.epoch();
             let rec = core.plan_redrive(now_ms(), group, dlq_offset)?;
             let Payload::Redrive(r) = &rec.payload else {
                 unreachable!("plan_redrive makes Redrive records");
@@ -844,7 +891,7 @@ impl Engine {
             let topic = r.topic.clone();
             (self.commit(&mut core, std::slice::from_ref(&rec))?, topic)
         };
-        self.log.wait_committed(end).await?;
+        self.log.wait_committed_in(epoch, end).await?;
         Metrics::add(&self.metrics.redriven, 1);
         info!(%group, dlq_offset, %topic, "dead letter re-driven");
         self.wake(&topic);
@@ -860,12 +907,14 @@ impl Engine {
         receipt: &str,
         invisible_ms: i64,
     ) -> Result<String, EngineError> {
+        let epoch;
         let (end, handle) = {
             let mut core = self.core();
+            epoch = self.log.epoch();
             let (rec, handle) = core.plan_renew(now_ms(), group, topic, receipt, invisible_ms)?;
             (self.commit(&mut core, std::slice::from_ref(&rec))?, handle)
         };
-        self.log.wait_committed(end).await?;
+        self.log.wait_committed_in(epoch, end).await?;
         Metrics::add(&self.metrics.invisibility_changes, 1);
         // Pollers may be sleeping past this message's new visibility time.
         self.wake(topic);
@@ -892,8 +941,10 @@ impl Engine {
         assert!(ends.len() <= MAX_END_BATCH, "callers bound the batch");
         let mut decided = Vec::with_capacity(ends.len());
         let mut durable_end = 0;
+        let epoch;
         {
             let mut core = self.core();
+            epoch = self.log.epoch();
             let now = now_ms();
             for e in ends {
                 let decision = core.plan_end_transaction(
@@ -931,7 +982,7 @@ impl Engine {
             }
         }
         if durable_end > 0 {
-            self.log.wait_committed(durable_end).await?;
+            self.log.wait_committed_in(epoch, durable_end).await?;
         }
         let mut timers = false;
         for (e, d) in ends.iter().zip(&decided) {
@@ -963,14 +1014,16 @@ impl Engine {
         budget: usize,
         producer_online: &mut (dyn FnMut(&str) -> bool + Send),
     ) -> Result<Vec<CheckBack>, EngineError> {
+        let epoch;
         let (plan, end) = {
             let mut core = self.core();
+            epoch = self.log.epoch();
             let plan = core.plan_checks(now_ms(), budget, producer_online);
             let end = self.commit(&mut core, &plan.records)?;
             (plan, end)
         };
         if end > 0 {
-            self.log.wait_committed(end).await?;
+            self.log.wait_committed_in(epoch, end).await?;
         }
         Metrics::add(&self.metrics.tx_discarded, plan.discarded as u64);
         Metrics::add(&self.metrics.tx_checks_deferred, plan.deferred as u64);
@@ -1016,8 +1069,10 @@ impl Engine {
     pub async fn fire_timers(&self, max: usize) -> Result<usize, EngineError> {
         let now = now_ms();
         let mut topics = Vec::new();
+        let epoch;
         let end = {
             let mut core = self.core();
+            epoch = self.log.epoch();
             let mut end = 0;
             while topics.len() < max {
                 let Some(rec) = core.plan_fire(now) else {
@@ -1031,7 +1086,7 @@ impl Engine {
             end
         };
         if end > 0 {
-            self.log.wait_committed(end).await?;
+            self.log.wait_committed_in(epoch, end).await?;
         }
         let fired = topics.len();
         Metrics::add(&self.metrics.timers_fired, fired as u64);
@@ -1048,6 +1103,11 @@ impl Engine {
     /// a pending half message or a message waiting for its delivery time is
     /// kept, and so is every later one.
     pub fn enforce_retention(&self) {
+        if self.log.progress().failed.is_some() {
+            // A heal needs every segment it has, and the core is about to
+            // be rebuilt anyway.
+            return;
+        }
         let segments = self.log.segments();
         let stats: Vec<_> = segments
             .iter()
@@ -1078,6 +1138,59 @@ impl Engine {
                 error!(error = %e, "retention could not delete a segment");
             }
         }
+    }
+
+    /// Brings the broker back after a disk fault stopped the commit log:
+    /// heals the log (see `Log::heal`: files cut back to the committed
+    /// offset, pending records dropped) and rebuilds the core by replaying
+    /// it exactly as [`Engine::open`] does — the topic file, the group
+    /// policies, then every record — because the core had applied records
+    /// the log dropped. The metadata lock and then the core lock are held
+    /// throughout, so no decision interleaves and nothing is appended until
+    /// the new core is in place. Receive attempts remembered for retries
+    /// are forgotten (their deliveries may be gone).
+    ///
+    /// `Ok(false)` when the log had not failed. On an error (the fault
+    /// persists) the log stays failed and this can be called again.
+    /// Blocking: disk work and a full replay.
+    pub fn heal(&self) -> Result<bool, EngineError> {
+        if self.log.progress().failed.is_none() {
+            return Ok(false);
+        }
+        let meta_guard = self.meta_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut core = self.core();
+        let mut fresh = load_core(&self.core_config, &self.meta_path, &self.groups_path)?;
+        let healed = self
+            .log
+            .heal_and_replay(&mut |offset, len, rec| fresh.apply(offset, len, &rec))?;
+        if !healed {
+            return Ok(false);
+        }
+        *core = fresh;
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let topics = core.topic_names().count();
+        drop(core);
+        drop(meta_guard);
+        Metrics::add(&self.metrics.log_heals, 1);
+        info!(
+            topics,
+            committed = self.log.progress().committed,
+            "broker state rebuilt from the healed log"
+        );
+        // Long polls and the scheduler look again at the new state.
+        for n in self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            n.notify_waiters();
+        }
+        self.schedule_changed.notify_waiters();
+        Ok(true)
     }
 
     /// Flushes and closes the log cleanly.

@@ -21,6 +21,7 @@ use serde_json::json;
 
 use ferry_broker::{BrokerError, GroupQueueStats, MessageTypes};
 use ferry_proto::v2::Code;
+use ferry_store::StoreError;
 
 use crate::clients::Clients;
 use crate::engine::{Engine, EngineError};
@@ -68,7 +69,9 @@ async fn readyz(State(s): State<AppState>) -> Response {
         None => (StatusCode::OK, "ready\n").into_response(),
         Some(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("commit log unavailable: {e}\n"),
+            format!(
+                "commit log refuses writes after a disk fault (healing is retried in the background): {e}\n"
+            ),
         )
             .into_response(),
     }
@@ -330,7 +333,7 @@ fn escape(label: &str) -> String {
 async fn metrics(State(s): State<AppState>) -> Response {
     let m = &s.engine.metrics;
     let mut out = String::new();
-    let counters: [(&str, &str, &AtomicU64); 21] = [
+    let counters: [(&str, &str, &AtomicU64); 22] = [
         (
             "ferry_messages_stored_total",
             "Messages durably stored.",
@@ -436,6 +439,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
             "Receives retried with the same attempt id that got the same messages again.",
             &m.attempt_replays,
         ),
+        (
+            "ferry_log_heals_total",
+            "Times the commit log was healed after a disk fault stopped its writes.",
+            &m.log_heals,
+        ),
     ];
     for (name, help, c) in counters {
         let v = Metrics::get(c);
@@ -466,6 +474,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
             "ferry_log_committed_offset_bytes",
             "Committed end of the commit log.",
             s.engine.log().progress().committed,
+        ),
+        (
+            "ferry_log_failed",
+            "1 while the commit log refuses writes after a disk fault, else 0.",
+            u64::from(s.engine.log().progress().failed.is_some()),
         ),
         (
             "ferry_message_index_ids",
@@ -528,8 +541,12 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 /// The HTTP status of a refusal: 404 for anything not found, 409 for a
-/// conflict, 429 for a limit, 500 for the broker's own failures, else 400.
+/// conflict, 429 for a limit, 503 while the commit log refuses writes after
+/// a disk fault, 500 for the broker's other failures, else 400.
 fn http_of(e: &EngineError) -> StatusCode {
+    if let EngineError::Store(StoreError::Failed(_)) = e {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     match status::code_of(e) {
         Code::NotFound
         | Code::TopicNotFound

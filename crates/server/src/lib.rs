@@ -51,6 +51,61 @@ fn incoming_nodelay(
     })
 }
 
+/// Watches the commit log; while a disk fault keeps it failed (every write
+/// refused, `/readyz` 503), tries [`Engine::heal`] every `every` until it
+/// succeeds, then watches again.
+async fn heal_log(
+    engine: Arc<Engine>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut progress = engine.log().subscribe();
+    loop {
+        tokio::select! {
+            r = progress.wait_for(|p| p.failed.is_some()) => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let reason = engine
+            .log()
+            .progress()
+            .failed
+            .map(|f| f.to_string())
+            .unwrap_or_default();
+        error!(failure = %reason, retry = ?every,
+            "commit log refuses writes after a disk fault: sends, acks, receives and \
+             transactions are answered with an error and /readyz is 503 until a heal succeeds");
+        let since = std::time::Instant::now();
+        let mut attempts: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            attempts += 1;
+            let e = engine.clone();
+            match tokio::task::spawn_blocking(move || e.heal()).await {
+                Ok(Ok(true)) => {
+                    info!(attempts, failed_for = ?since.elapsed(),
+                        "commit log healed: accepting writes again");
+                    break;
+                }
+                Ok(Ok(false)) => break,
+                // The first 60 failed attempts are logged, then every 60th.
+                Ok(Err(e)) if attempts <= 60 || attempts.is_multiple_of(60) => {
+                    error!(attempts, failing_for = ?since.elapsed(), error = %e,
+                        "commit log still failing; writes stay refused");
+                }
+                Ok(Err(_)) => {}
+                Err(e) => error!(error = %e, "heal task failed"),
+            }
+        }
+    }
+}
+
 /// How long a shutdown waits for open requests before closing the log.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -113,6 +168,12 @@ pub async fn run(
         })
     };
 
+    let healer = tokio::spawn(heal_log(
+        engine.clone(),
+        config.heal_interval,
+        stop_rx.clone(),
+    ));
+
     let scheduler = tokio::spawn(checkback::run(
         engine.clone(),
         clients.clone(),
@@ -143,6 +204,7 @@ pub async fn run(
         _ = grace => warn!(grace = ?SHUTDOWN_GRACE, "requests still open after the grace period; closing anyway"),
     }
     maintenance.abort();
+    healer.abort();
     scheduler.abort();
     engine.shutdown()?;
     info!("ferry stopped cleanly");

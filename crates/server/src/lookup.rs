@@ -251,7 +251,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, EngineError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError::Failed(format!("lookup task failed: {e}")))?
+        .map_err(|e| EngineError::Task(format!("lookup task failed: {e}")))?
         .map_err(EngineError::from)
 }
 

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub dead_lettered: AtomicU64,
     pub redriven: AtomicU64,
     pub attempt_replays: AtomicU64,
+    /// Times the commit log was healed after a disk fault.
+    pub log_heals: AtomicU64,
 }
 
 impl Metrics {

@@ -10,6 +10,7 @@ pub fn code_of(e: &EngineError) -> Code {
     match e {
         EngineError::Broker(b) => broker_code(b),
         EngineError::Store(s) => store_code(s),
+        EngineError::Task(_) => Code::InternalError,
     }
 }
 
@@ -50,9 +51,11 @@ fn store_code(e: &StoreError) -> Code {
     match e {
         StoreError::RecordTooLarge { .. } => Code::PayloadTooLarge,
         StoreError::Corrupt { .. } => Code::MessageCorrupted,
+        // The commit log refuses writes after a disk fault until it heals:
+        // a server error (clients retry), its message says so.
+        StoreError::Failed(_) => Code::InternalError,
         StoreError::Io { .. }
         | StoreError::Locked(_)
-        | StoreError::Failed(_)
         | StoreError::OutOfRange { .. }
         | StoreError::ShuttingDown
         | StoreError::BadMeta { .. } => Code::InternalError,

@@ -4,23 +4,17 @@
 //! and key with each message's lifecycle, and dead-letter listing with the
 //! facts of each message.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{code, free_port, req, res};
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
 use pb::Code;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
-use tonic::Request;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 type RunResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -88,20 +82,6 @@ async fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
-fn req<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-mq-client-id", "admin-test".parse().unwrap());
-    r
-}
-
-fn res(name: &str) -> Option<pb::Resource> {
-    Some(pb::Resource {
-        resource_namespace: String::new(),
-        name: name.into(),
-    })
-}
-
 fn msg(topic: &str, id: &str, kind: pb::MessageType) -> pb::Message {
     pb::Message {
         topic: res(topic),
@@ -116,10 +96,6 @@ fn msg(topic: &str, id: &str, kind: pb::MessageType) -> pb::Message {
         }),
         body: Bytes::from(format!("body of {id}")),
     }
-}
-
-fn code(s: &Option<pb::Status>) -> Code {
-    Code::try_from(s.as_ref().expect("status").code).unwrap()
 }
 
 async fn send(

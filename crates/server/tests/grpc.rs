@@ -1,22 +1,17 @@
 //! The gRPC service over a real socket: every refusal carries its RocketMQ
 //! status code and a message, and nothing refused is stored.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{code, free_port, req, res};
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
 use pb::Code;
 use tonic::transport::Channel;
 use tonic::Request;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn start(dir: &std::path::Path) -> MessagingServiceClient<Channel> {
     start_with(dir, |_| {}).await
@@ -56,20 +51,6 @@ async fn start_channel(
     panic!("server did not start");
 }
 
-fn req<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-mq-client-id", "test-client".parse().unwrap());
-    r
-}
-
-fn res(name: &str) -> Option<pb::Resource> {
-    Some(pb::Resource {
-        resource_namespace: String::new(),
-        name: name.into(),
-    })
-}
-
 fn msg(topic: &str, id: &str, body: &[u8]) -> pb::Message {
     pb::Message {
         topic: res(topic),
@@ -95,10 +76,6 @@ async fn telemetry(
     }])
     .chain(tokio_stream::pending());
     c.telemetry(req(outbound)).await.unwrap().into_inner()
-}
-
-fn code(s: &Option<pb::Status>) -> Code {
-    Code::try_from(s.as_ref().expect("status").code).unwrap()
 }
 
 async fn receive_with(

@@ -15,7 +15,9 @@ pub enum StoreError {
     },
     #[error("data directory {0} is in use by another process")]
     Locked(PathBuf),
-    #[error("commit log is unavailable after a failed write: {0}")]
+    /// The log failed a write or fsync and refuses writes until it heals
+    /// (`Log::heal`); or a write waited for was dropped by a heal.
+    #[error("commit log refuses writes after a disk fault: {0}")]
     Failed(String),
     #[error("record at log offset {offset} is damaged: {source}")]
     Corrupt {

@@ -15,17 +15,23 @@
 //!   truncated.
 //! * [`retention`] — which segments age or size limits allow to delete.
 //! * [`meta`] — small checksummed metadata files written atomically.
+//! * [`disk`] — the seam every disk operation of the writer passes, where
+//!   tests inject faults (`faults::FaultyDisk`, feature `fault-injection`).
 //!
 //! Nothing here knows about topics or consumer groups; the broker core turns
 //! records into state.
 
+pub mod disk;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 mod log;
 pub mod meta;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
 
+pub use disk::{DiskHook, WriteVerdict};
 pub use error::StoreError;
 pub use log::{FlushMode, Log, LogConfig, Progress, ScanEnd, SegmentInfo};
 pub use recovery::{DroppedRange, RecoveryReport};

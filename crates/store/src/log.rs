@@ -10,11 +10,18 @@
 //! Invariant: bytes below the published committed offset are written (and in
 //! `sync` mode fsynced) and will be found by recovery; nothing above it may be
 //! served to a consumer or acknowledged to a producer.
+//!
+//! A failed write or fsync stops the flusher and every later append (see
+//! [`Progress::failed`]). [`Log::heal`] brings the log back once the disk
+//! works again: it cuts the files back to the committed offset, drops what
+//! was pending, and starts a new *epoch* ([`Progress::epoch`]); a record
+//! appended in an earlier epoch and not committed by its end is lost, and a
+//! wait for it fails (see [`Log::wait_committed_in`]).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,8 +29,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ferry_record::{decode, encode, encoded_len, peek_len, Record};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use crate::disk::{self, DiskHook, Hook};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, HEADER_LEN};
 use crate::StoreError;
@@ -53,6 +61,10 @@ pub struct LogConfig {
     pub max_record_bytes: usize,
     /// Appends wait (back-pressure) while this many bytes are pending.
     pub max_pending_bytes: usize,
+    /// Asked before every disk operation the writer does: tests inject disk
+    /// faults through it (`ferry_store::faults`). Always `None` in
+    /// production.
+    pub disk_hook: Option<Arc<dyn DiskHook>>,
 }
 
 impl LogConfig {
@@ -64,6 +76,7 @@ impl LogConfig {
             async_flush_interval: Duration::from_millis(1000),
             max_record_bytes: 16 << 20,
             max_pending_bytes: 64 << 20,
+            disk_hook: None,
         }
     }
 }
@@ -73,8 +86,12 @@ impl LogConfig {
 pub struct Progress {
     /// Every record ending at or below this offset is committed.
     pub committed: u64,
-    /// Set once a write or fsync failed; the log accepts nothing after that.
+    /// Set once a write or fsync failed; the log accepts nothing after that
+    /// until [`Log::heal`] succeeds.
     pub failed: Option<Arc<str>>,
+    /// How many times the log was healed. A record appended in an earlier
+    /// epoch and not committed when that epoch ended was dropped.
+    pub epoch: u64,
 }
 
 /// Bytes read at once by [`Log::scan`] (more when one record is larger).
@@ -117,6 +134,8 @@ struct Pending {
     bytes: usize,
     failed: Option<Arc<str>>,
     shutdown: bool,
+    /// Appends made now belong to this epoch (see [`Progress::epoch`]).
+    epoch: u64,
 }
 
 struct Readable {
@@ -134,6 +153,19 @@ struct Shared {
     space: Condvar,
     progress: watch::Sender<Progress>,
     segments: RwLock<BTreeMap<u64, Readable>>,
+    /// The committed offset at the end of each epoch: entry `e` is where
+    /// epoch `e` ended when the log was healed.
+    epoch_ends: Mutex<Vec<u64>>,
+}
+
+impl Shared {
+    fn hook(&self) -> Hook<'_> {
+        self.config.disk_hook.as_deref()
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Where [`Log::locate`] found an offset.
@@ -159,6 +191,8 @@ impl Located {
 pub struct Log {
     shared: Arc<Shared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    /// One heal at a time.
+    healing: Mutex<()>,
     _lock: File,
 }
 
@@ -169,6 +203,10 @@ fn now_ms() -> i64 {
 }
 
 const CLEAN_MARK: &str = "CLEAN";
+
+/// Bytes a heal writes above the committed end (and cuts away again) to see
+/// that the disk takes writes again — a full disk refuses them.
+const HEAL_PROBE: usize = 4096;
 
 impl Log {
     /// Opens (or creates) the log in `config.dir`, runs recovery, and hands
@@ -195,14 +233,30 @@ impl Log {
             .and_then(|s| s.trim().parse::<u64>().ok());
 
         let (scanned, mut report) = recovery::scan(&dir, config.max_record_bytes, on_record)?;
+        if let Some(clean) = clean_end.filter(|&c| c > report.end_offset) {
+            // Closed cleanly at `clean`, yet the records end earlier: the
+            // log lost its end (cut at a record boundary, which checksums
+            // cannot show). Report it rather than carry on as if complete.
+            error!(from = report.end_offset, to = clean,
+                "the log ends before the end recorded at its clean shutdown; the missing records will not be served");
+            report.dropped.push(recovery::DroppedRange {
+                segment: scanned
+                    .last()
+                    .map_or_else(|| dir.clone(), |s| s.path.clone()),
+                from: report.end_offset,
+                to: clean,
+                reason: "log ends before the end recorded at its clean shutdown (truncated)".into(),
+            });
+        }
         report.clean_shutdown = clean_end == Some(report.end_offset)
             && report.dropped.is_empty()
             && report.truncated_bytes == 0
             && report.damaged_segments.is_empty();
         if clean_end.is_some() {
-            std::fs::remove_file(&clean_path)
+            let hook = config.disk_hook.as_deref();
+            disk::remove(hook, &clean_path)
                 .map_err(StoreError::io("removing clean mark", &clean_path))?;
-            segment::sync_dir(&dir)?;
+            segment::sync_dir_with(hook, &dir)?;
         }
 
         let mut segments = BTreeMap::new();
@@ -224,6 +278,7 @@ impl Log {
         let (progress, _) = watch::channel(Progress {
             committed: end,
             failed: None,
+            epoch: 0,
         });
         let shared = Arc::new(Shared {
             config,
@@ -235,21 +290,24 @@ impl Log {
                 bytes: 0,
                 failed: None,
                 shutdown: false,
+                epoch: 0,
             }),
             work: Condvar::new(),
             space: Condvar::new(),
             progress,
             segments: RwLock::new(segments),
+            epoch_ends: Mutex::new(Vec::new()),
         });
         let active = match scanned.last() {
-            Some(s) => Some((
-                s.base,
-                OpenOptions::new()
+            Some(s) => Some(Active {
+                base: s.base,
+                file: OpenOptions::new()
                     .write(true)
                     .open(&s.path)
                     .map_err(StoreError::io("opening active segment", &s.path))?,
-                HEADER_LEN + (s.end - s.base),
-            )),
+                pos: HEADER_LEN + (s.end - s.base),
+                path: s.path.clone(),
+            }),
             None => None,
         };
         let flusher_shared = shared.clone();
@@ -269,6 +327,7 @@ impl Log {
             Log {
                 shared,
                 flusher: Mutex::new(Some(handle)),
+                healing: Mutex::new(()),
                 _lock: lock,
             },
             report,
@@ -280,10 +339,7 @@ impl Log {
     }
 
     fn lock_pending(&self) -> MutexGuard<'_, Pending> {
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared.lock_pending()
     }
 
     /// Buffers `rec` for the next group commit and returns its log offset
@@ -342,19 +398,58 @@ impl Log {
         self.shared.progress.subscribe()
     }
 
-    /// Waits until every byte below `end` is committed.
+    /// The epoch appends made now belong to (see [`Progress::epoch`]). Read
+    /// it *before* appending and wait with [`Log::wait_committed_in`]: then
+    /// a heal between the append and the wait cannot pass for a commit.
+    pub fn epoch(&self) -> u64 {
+        self.lock_pending().epoch
+    }
+
+    /// Waits until every byte below `end` is committed, for records
+    /// appended in the epoch current when this is called. A heal after the
+    /// call fails the wait unless the records were committed before the
+    /// failure; a heal *before* the call is not seen — callers that may
+    /// race a heal use [`Log::wait_committed_in`].
     pub async fn wait_committed(&self, end: u64) -> Result<(), StoreError> {
+        let epoch = self.shared.progress.borrow().epoch;
+        self.wait_committed_in(epoch, end).await
+    }
+
+    /// Waits until every byte below `end`, appended in `epoch` (read with
+    /// [`Log::epoch`] before appending), is committed. Fails when the log
+    /// failed first, and when it was healed since: the records above the
+    /// committed end of their epoch were dropped then and never come back,
+    /// even once new records reuse their offsets.
+    pub async fn wait_committed_in(&self, epoch: u64, end: u64) -> Result<(), StoreError> {
         let mut rx = self.shared.progress.subscribe();
         let p = rx
-            .wait_for(|p| p.committed >= end || p.failed.is_some())
+            .wait_for(|p| p.epoch != epoch || p.committed >= end || p.failed.is_some())
             .await
-            .map_err(|_| StoreError::ShuttingDown)?;
-        if p.committed >= end {
-            Ok(())
-        } else {
-            Err(StoreError::Failed(
-                p.failed.as_deref().unwrap_or("unknown").to_string(),
-            ))
+            .map_err(|_| StoreError::ShuttingDown)?
+            .clone();
+        if p.epoch == epoch {
+            return if p.committed >= end {
+                Ok(())
+            } else {
+                Err(StoreError::Failed(
+                    p.failed.as_deref().unwrap_or("unknown").to_string(),
+                ))
+            };
+        }
+        let kept = self
+            .shared
+            .epoch_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(epoch as usize)
+            .copied();
+        match kept {
+            Some(kept) if end <= kept => Ok(()),
+            _ => Err(StoreError::Failed(format!(
+                "the write was not durable when the disk failed and was dropped \
+                 when the log healed (epoch {epoch} ended at offset {})",
+                kept.unwrap_or(0)
+            ))),
         }
     }
 
@@ -468,10 +563,16 @@ impl Log {
                 .range(start..)
                 .enumerate()
                 .map(|(i, (base, seg))| {
-                    let end = bases.get(i + 1).copied().unwrap_or(committed);
+                    // A segment ends where the next begins, unless recovery
+                    // found its end damaged or missing (a gap): then its
+                    // file ends first, and reading on would fail.
+                    let next = bases.get(i + 1).copied().unwrap_or(committed);
+                    let file_end = seg.file.metadata().map_or(next, |m| {
+                        base.saturating_add(m.len().saturating_sub(HEADER_LEN))
+                    });
                     (
                         *base,
-                        end.min(committed),
+                        next.min(file_end).min(committed),
                         seg.file.clone(),
                         seg.path.clone(),
                     )
@@ -569,26 +670,307 @@ impl Log {
     }
 
     /// Deletes the closed segment starting at `base`. The active segment is
-    /// refused. Readers that already hold the file keep reading it.
+    /// refused, and so is a segment not wholly committed yet, and any while
+    /// the log has failed (a heal needs the segment holding the committed
+    /// end). Readers that already hold the file keep reading it.
     pub fn delete_segment(&self, base: u64) -> Result<bool, StoreError> {
-        let active = self.lock_pending().active_base;
-        let mut segments = self
-            .shared
-            .segments
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let is_last = segments.keys().next_back() == Some(&base);
-        if base >= active || is_last {
-            return Ok(false);
-        }
-        let Some(seg) = segments.remove(&base) else {
-            return Ok(false);
+        let seg = {
+            let p = self.lock_pending();
+            if p.failed.is_some() {
+                return Ok(false);
+            }
+            let committed = self.shared.progress.borrow().committed;
+            let mut segments = self
+                .shared
+                .segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            let next = segments.range(base + 1..).next().map(|(b, _)| *b);
+            if base >= p.active_base || next.is_none_or(|end| end > committed) {
+                return Ok(false);
+            }
+            let Some(seg) = segments.remove(&base) else {
+                return Ok(false);
+            };
+            seg
         };
-        drop(segments);
-        std::fs::remove_file(&seg.path).map_err(StoreError::io("deleting segment", &seg.path))?;
-        segment::sync_dir(&self.shared.config.dir)?;
+        let hook = self.shared.hook();
+        disk::remove(hook, &seg.path).map_err(StoreError::io("deleting segment", &seg.path))?;
+        segment::sync_dir_with(hook, &self.shared.config.dir)?;
         info!(path = %seg.path.display(), "segment deleted by retention");
         Ok(true)
+    }
+
+    /// Brings a failed log back once the disk works again; `Ok(false)` when
+    /// it had not failed.
+    ///
+    /// The failed flusher is joined; every segment file at or above the
+    /// committed offset (created by a roll the failure interrupted, or
+    /// holding only unacknowledged bytes) is removed; the segment holding
+    /// the committed end is cut back to it — torn or unacknowledged bytes
+    /// above it go — after a probe write shows the disk takes writes again,
+    /// and fsynced; the pending records are dropped. Then a new epoch
+    /// starts: appends go on at the committed offset, and waits for records
+    /// of the old epoch above it fail (see [`Log::wait_committed_in`]).
+    ///
+    /// When any of this fails (the fault persists) the error is returned
+    /// and the log stays failed; calling again is safe.
+    pub fn heal(&self) -> Result<bool, StoreError> {
+        self.heal_inner(None)
+    }
+
+    /// [`Log::heal`], handing every committed record to `on_record` in log
+    /// order before appends are accepted again — read as recovery reads
+    /// them at open (damage recovery reported is passed over again). A
+    /// caller rebuilding state from the log thus sees exactly the records
+    /// the healed log holds. If reading fails the log stays failed.
+    pub fn heal_and_replay(
+        &self,
+        on_record: &mut dyn FnMut(u64, u32, Record),
+    ) -> Result<bool, StoreError> {
+        self.heal_inner(Some(on_record))
+    }
+
+    fn heal_inner(
+        &self,
+        replay: Option<&mut dyn FnMut(u64, u32, Record)>,
+    ) -> Result<bool, StoreError> {
+        let _one = self.healing.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = {
+            let p = self.lock_pending();
+            if p.shutdown {
+                return Err(StoreError::ShuttingDown);
+            }
+            match &p.failed {
+                None => return Ok(false),
+                Some(f) => f.clone(),
+            }
+        };
+        // The flusher stops by itself after a failure; once it is gone
+        // nothing else writes the files and the committed offset is final.
+        self.join_flusher();
+        let committed = self.shared.progress.borrow().committed;
+        let hook = self.shared.hook();
+        let dir = &self.shared.config.dir;
+
+        // Segments at or above the committed end hold nothing acknowledged.
+        // Listed from the directory: a roll that failed half way left a
+        // file the segment map never had.
+        self.shared
+            .segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|base, _| *base < committed);
+        let listing =
+            std::fs::read_dir(dir).map_err(StoreError::io("listing log directory", dir))?;
+        for entry in listing {
+            let entry = entry.map_err(StoreError::io("listing log directory", dir))?;
+            let name = entry.file_name();
+            let Some(base) = segment::parse_name(&name.to_string_lossy()) else {
+                continue;
+            };
+            if base >= committed {
+                let path = entry.path();
+                disk::remove(hook, &path).map_err(StoreError::io(
+                    "removing a segment above the committed end",
+                    &path,
+                ))?;
+                warn!(path = %path.display(), committed, "heal removed a segment holding nothing committed");
+            }
+        }
+        segment::sync_dir_with(hook, dir)?;
+
+        // Cut the segment holding the committed end back to it.
+        let last = self
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .next_back()
+            .map(|(base, s)| (*base, s.path.clone()));
+        let active = match last {
+            None => {
+                // Nothing committed is left in a segment (a fresh log, or
+                // retention took the rest): start one at the committed end,
+                // so the log keeps its place even if it stays empty.
+                let (path, file) = segment::create_with(hook, dir, committed, now_ms())?;
+                let reader = File::open(&path).map_err(StoreError::io("opening segment", &path))?;
+                self.shared
+                    .segments
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        committed,
+                        Readable {
+                            base: committed,
+                            path: path.clone(),
+                            file: Arc::new(reader),
+                        },
+                    );
+                Some(Active {
+                    base: committed,
+                    file,
+                    pos: HEADER_LEN,
+                    path,
+                })
+            }
+            Some((base, path)) => {
+                let len = HEADER_LEN + (committed - base);
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(StoreError::io("opening segment to heal", &path))?;
+                let on_disk = file
+                    .metadata()
+                    .map_err(StoreError::io("reading segment length", &path))?
+                    .len();
+                if on_disk < len {
+                    return Err(StoreError::io("healing segment", &path)(
+                        std::io::Error::other(format!(
+                            "the file holds {on_disk} bytes, less than its committed end at {len}"
+                        )),
+                    ));
+                }
+                let cut = on_disk - len;
+                disk::write_at(hook, &file, &path, &[0u8; HEAL_PROBE], len)
+                    .map_err(StoreError::io("probing segment with a write", &path))?;
+                disk::truncate(hook, &file, &path, len).map_err(StoreError::io(
+                    "cutting segment back to the committed end",
+                    &path,
+                ))?;
+                disk::sync_all(hook, &file, &path, len)
+                    .map_err(StoreError::io("syncing healed segment", &path))?;
+                if cut > 0 {
+                    warn!(path = %path.display(), bytes = cut, committed,
+                        "heal cut unacknowledged bytes above the committed end");
+                }
+                Some(Active {
+                    base,
+                    file,
+                    pos: len,
+                    path,
+                })
+            }
+        };
+
+        if let Some(visit) = replay {
+            self.replay(committed, visit)?;
+        }
+
+        let mut p = self.lock_pending();
+        if p.shutdown {
+            return Err(StoreError::ShuttingDown);
+        }
+        let dropped = p.next_offset - committed;
+        p.next_offset = committed;
+        (p.active_base, p.active_len) = active
+            .as_ref()
+            .map_or((committed, 0), |a| (a.base, committed - a.base));
+        p.chunks = Vec::new();
+        p.bytes = 0;
+        // The new flusher waits for this lock, so it starts on the state
+        // set here.
+        let flusher_shared = self.shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("ferry-log-flusher".into())
+            .spawn(move || Flusher::new(flusher_shared, active).run())
+            .map_err(StoreError::io("starting flusher thread", dir))?;
+        *self.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        let ended = p.epoch;
+        {
+            let mut ends = self
+                .shared
+                .epoch_ends
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            debug_assert_eq!(ends.len() as u64, ended);
+            ends.push(committed);
+        }
+        p.epoch = ended + 1;
+        p.failed = None;
+        // Published under the pending lock: no append of the new epoch can
+        // be committed before its epoch is visible to waiters.
+        self.shared.progress.send_modify(|pr| {
+            pr.failed = None;
+            pr.epoch = ended + 1;
+        });
+        drop(p);
+        self.shared.space.notify_all();
+        info!(committed, dropped_bytes = dropped, epoch = ended + 1, failure = %reason,
+            "commit log healed; accepting appends again");
+        Ok(true)
+    }
+
+    /// Hands every record below `committed` to `visit`, reading each
+    /// segment as recovery does.
+    fn replay(
+        &self,
+        committed: u64,
+        visit: &mut dyn FnMut(u64, u32, Record),
+    ) -> Result<(), StoreError> {
+        let segments: Vec<(u64, Arc<File>, PathBuf)> = self
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| (s.base, s.file.clone(), s.path.clone()))
+            .collect();
+        let max_record = self.shared.config.max_record_bytes;
+        for (i, (base, file, path)) in segments.iter().enumerate() {
+            let is_last = i + 1 == segments.len();
+            let file_len = file
+                .metadata()
+                .map_err(StoreError::io("reading segment length", path))?
+                .len();
+            let len = if is_last {
+                HEADER_LEN + (committed - base)
+            } else {
+                file_len
+            };
+            if len < HEADER_LEN || len > file_len {
+                return Err(StoreError::io("replaying segment", path)(
+                    std::io::Error::other(format!(
+                        "the file holds {file_len} bytes, expected {len}"
+                    )),
+                ));
+            }
+            let mut data = vec![0u8; len as usize];
+            file.read_exact_at(&mut data, 0)
+                .map_err(StoreError::io("replaying segment", path))?;
+            match segment::check_header(&data) {
+                Ok(declared) if declared == *base => {}
+                Ok(declared) => {
+                    return Err(StoreError::io("replaying segment", path)(
+                        std::io::Error::other(format!(
+                            "header declares base {declared}, expected {base}"
+                        )),
+                    ))
+                }
+                Err(e) => {
+                    return Err(StoreError::io("replaying segment", path)(
+                        std::io::Error::other(e),
+                    ))
+                }
+            }
+            let body = Bytes::from(data).slice(HEADER_LEN as usize..);
+            recovery::walk(&body, *base, max_record, visit);
+        }
+        Ok(())
+    }
+
+    /// Waits for the flusher thread to end (it ends on shutdown or after a
+    /// failure); a no-op once it has been joined.
+    fn join_flusher(&self) {
+        let handle = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 
     /// Flushes everything pending, fsyncs, marks the log cleanly closed and
@@ -600,23 +982,21 @@ impl Log {
         }
         self.shared.work.notify_all();
         self.shared.space.notify_all();
-        let handle = self
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+        self.join_flusher();
         let progress = self.progress();
         if let Some(f) = progress.failed {
             return Err(StoreError::Failed(f.to_string()));
         }
         let clean = self.shared.config.dir.join(CLEAN_MARK);
-        std::fs::write(&clean, progress.committed.to_string())
-            .and_then(|_| File::open(&clean)?.sync_all())
+        let text = progress.committed.to_string();
+        let hook = self.shared.hook();
+        disk::create(hook, &clean, false)
+            .and_then(|f| {
+                disk::write_at(hook, &f, &clean, text.as_bytes(), 0)?;
+                disk::sync_all(hook, &f, &clean, text.len() as u64)
+            })
             .map_err(StoreError::io("writing clean mark", &clean))?;
-        segment::sync_dir(&self.shared.config.dir)?;
+        segment::sync_dir_with(hook, &self.shared.config.dir)?;
         info!(end_offset = progress.committed, "commit log closed cleanly");
         Ok(())
     }
@@ -628,28 +1008,29 @@ impl Drop for Log {
         p.shutdown = true;
         drop(p);
         self.shared.work.notify_all();
-        if let Some(h) = self
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = h.join();
-        }
+        self.join_flusher();
     }
+}
+
+/// The segment the flusher appends to.
+struct Active {
+    base: u64,
+    file: File,
+    /// File position of the next write.
+    pos: u64,
+    path: PathBuf,
 }
 
 /// The single writer of segment files.
 struct Flusher {
     shared: Arc<Shared>,
-    /// Active segment: base offset, file, and the file position to write at.
-    active: Option<(u64, File, u64)>,
+    active: Option<Active>,
     unsynced: bool,
     last_sync: Instant,
 }
 
 impl Flusher {
-    fn new(shared: Arc<Shared>, active: Option<(u64, File, u64)>) -> Self {
+    fn new(shared: Arc<Shared>, active: Option<Active>) -> Self {
         Flusher {
             shared,
             active,
@@ -661,11 +1042,7 @@ impl Flusher {
     fn run(mut self) {
         loop {
             let (chunks, end, shutdown) = {
-                let mut p = self
-                    .shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut p = self.shared.lock_pending();
                 while p.chunks.is_empty() && !p.shutdown {
                     let wait = match self.shared.config.flush {
                         FlushMode::Async if self.unsynced => {
@@ -688,15 +1065,11 @@ impl Flusher {
             };
             let result = self.write(&chunks).and_then(|_| self.sync_if_due(shutdown));
             {
-                let mut p = self
-                    .shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut p = self.shared.lock_pending();
                 p.bytes -= chunks.iter().map(|c| c.bytes.len()).sum::<usize>();
                 if let Err(e) = &result {
                     let msg: Arc<str> = Arc::from(e.to_string());
-                    error!(error = %msg, "commit log write failed; refusing further appends");
+                    error!(error = %msg, "commit log write failed; refusing further appends until the log heals");
                     p.failed = Some(msg.clone());
                     self.shared.progress.send_modify(|pr| pr.failed = Some(msg));
                 }
@@ -713,15 +1086,13 @@ impl Flusher {
 
     fn write(&mut self, chunks: &[Chunk]) -> Result<(), StoreError> {
         for chunk in chunks {
-            if self.active.as_ref().map(|a| a.0) != Some(chunk.segment_base) {
+            if self.active.as_ref().map(|a| a.base) != Some(chunk.segment_base) {
                 self.roll(chunk.segment_base)?;
             }
-            let (base, file, pos) = self.active.as_mut().expect("rolled above");
-            if let Err(e) = file.write_all_at(&chunk.bytes, *pos) {
-                let path = self.shared.config.dir.join(segment::file_name(*base));
-                return Err(StoreError::io("appending to segment", path)(e));
-            }
-            *pos += chunk.bytes.len() as u64;
+            let a = self.active.as_mut().expect("rolled above");
+            disk::write_at(self.shared.hook(), &a.file, &a.path, &chunk.bytes, a.pos)
+                .map_err(StoreError::io("appending to segment", &a.path))?;
+            a.pos += chunk.bytes.len() as u64;
             self.unsynced = true;
         }
         Ok(())
@@ -729,12 +1100,12 @@ impl Flusher {
 
     /// Closes the active segment (durably) and creates the next one.
     fn roll(&mut self, base: u64) -> Result<(), StoreError> {
-        if let Some((old, f, _)) = self.active.take() {
-            let path = self.shared.config.dir.join(segment::file_name(old));
-            f.sync_data()
-                .map_err(StoreError::io("syncing closed segment", &path))?;
+        let hook = self.shared.hook();
+        if let Some(old) = self.active.take() {
+            disk::sync_data(hook, &old.file, &old.path, old.pos)
+                .map_err(StoreError::io("syncing closed segment", &old.path))?;
         }
-        let (path, file) = segment::create(&self.shared.config.dir, base, now_ms())?;
+        let (path, file) = segment::create_with(hook, &self.shared.config.dir, base, now_ms())?;
         let reader = File::open(&path).map_err(StoreError::io("opening segment", &path))?;
         self.shared
             .segments
@@ -744,11 +1115,16 @@ impl Flusher {
                 base,
                 Readable {
                     base,
-                    path,
+                    path: path.clone(),
                     file: Arc::new(reader),
                 },
             );
-        self.active = Some((base, file, HEADER_LEN));
+        self.active = Some(Active {
+            base,
+            file,
+            pos: HEADER_LEN,
+            path,
+        });
         Ok(())
     }
 
@@ -765,10 +1141,9 @@ impl Flusher {
         if !due {
             return Ok(());
         }
-        if let Some((base, f, _)) = &self.active {
-            let path: &Path = &self.shared.config.dir.join(segment::file_name(*base));
-            f.sync_data()
-                .map_err(StoreError::io("syncing segment", path))?;
+        if let Some(a) = &self.active {
+            disk::sync_data(self.shared.hook(), &a.file, &a.path, a.pos)
+                .map_err(StoreError::io("syncing segment", &a.path))?;
         }
         self.unsynced = false;
         self.last_sync = Instant::now();

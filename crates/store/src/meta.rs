@@ -46,7 +46,11 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
         .strip_prefix("crc32c=")
         .and_then(|h| u32::from_str_radix(h, 16).ok())
         .ok_or_else(|| bad("unreadable checksum line"))?;
-    let json = rest.strip_suffix('\n').unwrap_or(rest);
+    // Written with a final newline: without it the file was cut short,
+    // even if what is left happens to match its checksum.
+    let json = rest
+        .strip_suffix('\n')
+        .ok_or_else(|| bad("truncated (no final newline)"))?;
     if crc32c::crc32c(json.as_bytes()) != stored {
         return Err(bad("checksum mismatch"));
     }
@@ -74,5 +78,21 @@ mod tests {
             read::<Vec<u32>>(&p),
             Err(StoreError::BadMeta { .. })
         ));
+    }
+
+    #[test]
+    fn a_cut_at_any_byte_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.json");
+        write(&p, &vec![1u32, 2, 3]).unwrap();
+        let raw = fs::read(&p).unwrap();
+        for len in 0..raw.len() {
+            fs::write(&p, &raw[..len]).unwrap();
+            assert!(
+                matches!(read::<Vec<u32>>(&p), Err(StoreError::BadMeta { .. })),
+                "cut to {len} of {} bytes went unnoticed",
+                raw.len()
+            );
+        }
     }
 }

@@ -6,10 +6,10 @@
 //! read as data at the wrong offset. Record bytes follow the header; the
 //! record at file position `p` has log offset `base + (p - HEADER_LEN)`.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::disk::{self, Hook};
 use crate::StoreError;
 
 pub const HEADER_LEN: u64 = 64;
@@ -65,24 +65,31 @@ pub fn check_header(h: &[u8]) -> Result<u64, String> {
 /// Creates a new segment file with its header, durably: the header and the
 /// directory entry are fsynced before the file is used.
 pub fn create(dir: &Path, base: u64, created_ms: i64) -> Result<(PathBuf, File), StoreError> {
+    create_with(None, dir, base, created_ms)
+}
+
+/// [`create`], each disk operation passed by `hook` first.
+pub(crate) fn create_with(
+    hook: Hook<'_>,
+    dir: &Path,
+    base: u64,
+    created_ms: i64,
+) -> Result<(PathBuf, File), StoreError> {
     let path = dir.join(file_name(base));
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(StoreError::io("creating segment", &path))?;
-    f.write_all(&encode_header(base, created_ms, 0))
+    let f = disk::create(hook, &path, true).map_err(StoreError::io("creating segment", &path))?;
+    disk::write_at(hook, &f, &path, &encode_header(base, created_ms, 0), 0)
         .map_err(StoreError::io("writing segment header", &path))?;
-    f.sync_all()
+    disk::sync_all(hook, &f, &path, HEADER_LEN)
         .map_err(StoreError::io("syncing segment header", &path))?;
-    sync_dir(dir)?;
+    sync_dir_with(hook, dir)?;
     Ok((path, f))
 }
 
 /// Makes a directory's entries (created, renamed or deleted files) durable.
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StoreError::io("syncing directory", dir))
+    sync_dir_with(None, dir)
+}
+
+pub(crate) fn sync_dir_with(hook: Hook<'_>, dir: &Path) -> Result<(), StoreError> {
+    disk::sync_dir(hook, dir).map_err(StoreError::io("syncing directory", dir))
 }

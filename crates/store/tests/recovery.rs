@@ -317,3 +317,56 @@ fn oversized_record_is_refused_before_buffering() {
     assert!(matches!(err, StoreError::RecordTooLarge { .. }));
     assert_eq!(log.next_offset(), 0);
 }
+
+/// A cut at a record boundary leaves records that all check out; only the
+/// log's own bookkeeping can tell. After a clean shutdown the clean mark
+/// (the end offset) tells for the last segment, and the next segment's base
+/// tells for any other: both are reported as dropped ranges.
+#[test]
+fn a_cut_at_a_record_boundary_after_a_clean_shutdown_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<Record> = (0..600).map(|i| msg(i, 4000)).collect();
+    let placed = {
+        let (log, _, _) = open(dir.path());
+        let placed = write_all(&log, &records);
+        log.shutdown().unwrap();
+        placed
+    };
+    let segs = segment_files(dir.path());
+    assert!(segs.len() >= 3, "want several segments, got {}", segs.len());
+    // The file position of a record boundary inside `seg`, a few records
+    // before its end.
+    let boundary_in = |seg: &Path| {
+        let base = segment::parse_name(&seg.file_name().unwrap().to_string_lossy()).unwrap();
+        let len = fs::metadata(seg).unwrap().len();
+        let starts: Vec<u64> = placed
+            .iter()
+            .map(|(o, _)| *o)
+            .filter(|o| *o > base && segment::HEADER_LEN + (o - base) < len)
+            .collect();
+        let cut = starts[starts.len() - 3];
+        (cut, segment::HEADER_LEN + (cut - base))
+    };
+    for (which, seg) in [("last", segs.last().unwrap()), ("middle", &segs[1])] {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), copy.path());
+        let target = copy.path().join(seg.file_name().unwrap());
+        let (cut_offset, cut_pos) = boundary_in(&target);
+        let f = fs::OpenOptions::new().write(true).open(&target).unwrap();
+        f.set_len(cut_pos).unwrap();
+        drop(f);
+        let (_log, seen, report) = open(copy.path());
+        assert!(!report.clean_shutdown, "{which}: a cut log is not clean");
+        assert_eq!(
+            report.dropped.len(),
+            1,
+            "{which}: the cut is reported: {report:?}"
+        );
+        assert_eq!(report.dropped[0].from, cut_offset, "{which}");
+        assert!(
+            seen.iter()
+                .all(|(o, _, _)| *o < cut_offset || *o >= report.dropped[0].to),
+            "{which}: nothing inside the dropped range is replayed"
+        );
+    }
+}

@@ -13,6 +13,11 @@ pub struct Harness {
     pub core: Broker,
     pub log: Vec<(u64, u32, Record)>,
     pub next: u64,
+    /// Group commit: the log is durable up to here. Records above it were
+    /// appended (and applied) but not flushed yet; a crash may lose any
+    /// suffix of them. Only [`Harness::flush`] and the crash methods move
+    /// it, so tests that never flush ignore it.
+    pub committed: u64,
     config: CoreConfig,
     /// Group policies, set again on the core rebuilt after a crash (the
     /// broker keeps them in a metadata file, not the log).
@@ -31,6 +36,7 @@ impl Harness {
             core,
             log: Vec::new(),
             next: 0,
+            committed: 0,
             config,
             policies: Vec::new(),
         }
@@ -94,6 +100,32 @@ impl Harness {
 
     /// Simulates kill -9 and restart: the core is rebuilt from the log.
     pub fn crash_and_recover(&mut self) {
+        self.core = self.replayed();
+    }
+
+    /// The flusher ran: everything appended so far is durable.
+    pub fn flush(&mut self) {
+        self.committed = self.next;
+    }
+
+    /// How many records lie wholly at or below the committed offset.
+    pub fn durable_records(&self) -> usize {
+        self.log
+            .partition_point(|(o, l, _)| o + *l as u64 <= self.committed)
+    }
+
+    /// kill -9 under group commit: the first `keep` records survive (at
+    /// least every durable one; the rest is a torn tail that was never
+    /// acknowledged), and the core is rebuilt from them. What survived is
+    /// durable from then on.
+    pub fn crash_keeping(&mut self, keep: usize) {
+        assert!(
+            (self.durable_records()..=self.log.len()).contains(&keep),
+            "a crash cannot lose durable records"
+        );
+        self.log.truncate(keep);
+        self.next = self.log.last().map_or(0, |(o, l, _)| o + *l as u64);
+        self.committed = self.next;
         self.core = self.replayed();
     }
 

@@ -127,16 +127,30 @@ pub async fn run(args: DlqArgs) -> CliResult {
             // asked: re-driving those again would deliver a message that
             // may have been handled after its first re-drive.
             let fresh = |d: &&Value| again || d.get("redriven_at_ms").is_none_or(Value::is_null);
+            // Only a message's newest letter can be sent back (the broker
+            // refuses older ones): a bulk selection takes that one, if fresh.
+            let newest = |rows: Vec<Value>| -> Vec<Value> {
+                let mut by_id: std::collections::BTreeMap<String, Value> = Default::default();
+                for d in rows {
+                    let id = text(&d, "message_id");
+                    let at = |v: &Value| v.get("dlq_queue_offset").and_then(Value::as_u64);
+                    if by_id.get(&id).is_none_or(|old| at(old) < at(&d)) {
+                        by_id.insert(id, d);
+                    }
+                }
+                let mut rows: Vec<Value> = by_id.into_values().collect();
+                rows.sort_by_key(|d| d.get("dlq_queue_offset").and_then(Value::as_u64));
+                rows
+            };
             let offsets: Vec<u64> = match (offset, message_id) {
                 (Some(o), _) => vec![o],
                 (None, Some(id)) => {
-                    let found: Vec<u64> = fetch(&admin, &group, usize::MAX)
-                        .await?
+                    let found: Vec<u64> = newest(fetch(&admin, &group, usize::MAX).await?)
                         .iter()
-                        .filter(fresh)
                         .filter(|d| {
                             d.get("message_id").and_then(Value::as_str) == Some(id.as_str())
                         })
+                        .filter(fresh)
                         .filter_map(|d| d.get("dlq_queue_offset").and_then(Value::as_u64))
                         .collect();
                     if found.is_empty() {
@@ -151,8 +165,7 @@ pub async fn run(args: DlqArgs) -> CliResult {
                     }
                     found
                 }
-                (None, None) => fetch(&admin, &group, usize::MAX)
-                    .await?
+                (None, None) => newest(fetch(&admin, &group, usize::MAX).await?)
                     .iter()
                     .filter(fresh)
                     .filter_map(|d| d.get("dlq_queue_offset").and_then(Value::as_u64))
