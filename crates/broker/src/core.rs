@@ -1696,9 +1696,7 @@ impl Broker {
     pub fn group_stats(&self) -> Vec<GroupQueueStats> {
         let mut out = Vec::new();
         for (group, state) in &self.groups {
-            for ((topic, q), gq) in state {
-                out.push(self.queue_stats(group, topic, *q, gq));
-            }
+            out.extend(self.group_progress(group, state));
         }
         out
     }

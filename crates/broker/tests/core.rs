@@ -300,3 +300,30 @@ fn in_flight_limit_per_queue_holds_back_new_deliveries() {
     h.ack(0, "g", &got[0]).unwrap();
     assert_eq!(h.receive(0, "g", &Filter::All, 10, 10_000).len(), 1);
 }
+
+#[test]
+fn a_groups_lag_counts_queues_it_has_not_received_from_yet() {
+    let mut h = Harness::new();
+    let queues = h.core.topic_stats()[0].queues.len();
+    assert!(queues >= 2, "the test needs a topic of two queues or more");
+    h.send(0, "m0", None, 0);
+    let got = h.receive(1_000, "g", &Filter::All, 10, 5_000);
+    h.ack(1_100, "g", &got[0]).unwrap();
+    // Only queue 0 has delivered to g; three messages wait on queue 1.
+    for i in 0..3 {
+        h.send(2_000, &format!("n{i}"), None, 1);
+    }
+    let stats: Vec<_> = h
+        .core
+        .group_stats()
+        .into_iter()
+        .map(|s| (s.queue_id, s.consumed_offset, s.max_offset, s.lag))
+        .collect();
+    assert_eq!(stats.len(), queues, "every queue of the topic: {stats:?}");
+    assert_eq!(stats[0], (0, 1, 1, 0));
+    assert_eq!(stats[1], (1, 0, 3, 3));
+    let view = h.core.group_view("g").unwrap();
+    assert_eq!(view.queues.iter().map(|q| q.lag).sum::<u64>(), 3);
+    // A group that never received from the topic has no progress on it.
+    assert!(h.core.group_view("other").is_none());
+}

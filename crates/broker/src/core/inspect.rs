@@ -111,11 +111,7 @@ impl Broker {
             return None;
         }
         let queues = state
-            .map(|s| {
-                s.iter()
-                    .map(|((topic, q), gq)| self.queue_stats(group, topic, *q, gq))
-                    .collect()
-            })
+            .map(|s| self.group_progress(group, s))
             .unwrap_or_default();
         Some(GroupView {
             group: group.to_string(),
@@ -124,6 +120,42 @@ impl Broker {
             queues,
             dead_letters,
         })
+    }
+
+    /// Progress of `group` on every queue of every topic it has consumed
+    /// from. A queue the group has not received from yet has no state of
+    /// its own; it counts from where a first receive would start (the
+    /// queue's first retained offset), so its messages are lag too —
+    /// otherwise a topic's backlog on untouched queues would be invisible.
+    pub(super) fn group_progress(&self, group: &str, state: &GroupState) -> Vec<GroupQueueStats> {
+        let mut out = Vec::with_capacity(state.len());
+        let mut topics: Vec<&str> = state.keys().map(|(t, _)| t.as_str()).collect();
+        topics.dedup(); // keys are sorted by topic, so equal names are adjacent
+        for topic in topics {
+            let queues = self.topics.get(topic).map_or(&[][..], |t| &t.queues[..]);
+            let mut key = (topic.to_string(), 0u32);
+            for (q, queue) in queues.iter().enumerate() {
+                key.1 = q as u32;
+                let fresh;
+                let gq = match state.get(&key) {
+                    Some(gq) => gq,
+                    None => {
+                        fresh = GroupQueue::new(queue.base);
+                        &fresh
+                    }
+                };
+                out.push(self.queue_stats(group, topic, key.1, gq));
+            }
+            // State for a queue the topic no longer has (deleted and made
+            // again with fewer queues) is still shown as it is.
+            for ((t, q), gq) in state.range((topic.to_string(), queues.len() as u32)..) {
+                if t != topic {
+                    break;
+                }
+                out.push(self.queue_stats(group, t, *q, gq));
+            }
+        }
+        out
     }
 
     pub(super) fn queue_stats(
