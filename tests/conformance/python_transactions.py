@@ -14,6 +14,7 @@ Exits non-zero on the first failed check.
 
 import subprocess
 import sys
+from pathlib import Path
 import threading
 import time
 
@@ -59,25 +60,7 @@ def send_half(producer, decide):
     return tx, receipt
 
 
-
-CHILD_SEND_AND_DIE = r"""
-import os, signal, sys
-from rocketmq import ClientConfiguration, Credentials, Message, Producer, TransactionChecker, TransactionResolution
-class Never(TransactionChecker):
-    def check(self, msg):
-        return TransactionResolution.TRANSACTION_RESOLUTION_UNSPECIFIED
-p = Producer(ClientConfiguration(sys.argv[1], Credentials(), request_timeout=10), (sys.argv[2],), Never())
-p.startup()
-m = Message()
-m.topic = sys.argv[2]
-m.body = b"sent by a producer that died"
-m.tag = "tx"
-m.add_property("decide", "commit")
-tx = p.begin_transaction()
-r = p.send(m, tx)
-print(r.message_id, flush=True)
-os.kill(os.getpid(), signal.SIGKILL)
-"""
+HERE = Path(__file__).resolve().parent
 
 CHILD_CHECKER = r"""
 import sys, threading, time
@@ -159,7 +142,8 @@ def run_checks(broker, producer, checker, consumer):
     # --- producer process killed between send and end; a new one resolves ---
     other_topic = f"t-tx-orphan-{RUN}"
     orphan_consumer = simple_consumer(broker, f"g-tx-orphan-{RUN}", other_topic)
-    child = subprocess.run([sys.executable, "-c", CHILD_SEND_AND_DIE, endpoint, other_topic],
+    child = subprocess.run([sys.executable, str(HERE / "half_and_die.py"), endpoint, other_topic,
+                            "sent by a producer that died", "tx", "--property", "decide=commit"],
                            capture_output=True, timeout=60, text=True)
     orphan_id = child.stdout.strip()
     check(child.returncode == -9 and orphan_id, "a producer process sent a half message and was killed (-9)")

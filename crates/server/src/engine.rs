@@ -501,6 +501,7 @@ impl Engine {
         };
         self.log.wait_committed_in(epoch, end).await?;
         info!(%topic, "topic deleted");
+        self.metrics.forget_topic(topic);
         self.save_topics()?;
         // Long polls on it look again (and find it gone).
         self.wake(topic);
@@ -631,6 +632,12 @@ impl Engine {
             &self.metrics.bytes_stored,
             batch.iter().map(|m| m.body.len() as u64).sum(),
         );
+        self.metrics.stored(
+            batch
+                .iter()
+                .zip(&stored)
+                .map(|(m, s)| (m.topic.as_str(), s.queue_id, m.body.len() as u64)),
+        );
         for t in topics {
             self.wake(t);
         }
@@ -690,7 +697,7 @@ impl Engine {
             return None;
         }
         Metrics::add(&self.metrics.attempt_replays, 1);
-        Some(self.read_deliveries(&key.1, held))
+        Some(self.read_deliveries(&key.0, &key.1, held))
     }
 
     async fn receive_new(&self, args: &ReceiveArgs) -> Result<Vec<Delivered>, EngineError> {
@@ -739,10 +746,12 @@ impl Engine {
             }
             if plan.dead_lettered > 0 {
                 Metrics::add(&self.metrics.dead_lettered, plan.dead_lettered as u64);
+                self.metrics
+                    .group_dead_lettered(&args.group, plan.dead_lettered as u64);
                 self.wake(&ferry_broker::dlq_topic(&args.group));
             }
             if !plan.deliveries.is_empty() {
-                return Ok(self.read_deliveries(&args.topic, plan.deliveries));
+                return Ok(self.read_deliveries(&args.group, &args.topic, plan.deliveries));
             }
             let mut wake_at = deadline;
             if let Some(t) = next_expiry {
@@ -761,8 +770,14 @@ impl Engine {
         }
     }
 
-    fn read_deliveries(&self, topic: &str, deliveries: Vec<Delivery>) -> Vec<Delivered> {
+    fn read_deliveries(
+        &self,
+        group: &str,
+        topic: &str,
+        deliveries: Vec<Delivery>,
+    ) -> Vec<Delivered> {
         let mut out = Vec::with_capacity(deliveries.len());
+        let mut redelivered = 0;
         for d in deliveries {
             match self.log.read(d.log_offset, d.len) {
                 Ok(Record {
@@ -771,7 +786,7 @@ impl Engine {
                     ..
                 }) => {
                     if d.attempt > 1 {
-                        Metrics::add(&self.metrics.redeliveries, 1);
+                        redelivered += 1;
                     }
                     out.push(Delivered {
                         delivery: d,
@@ -792,6 +807,10 @@ impl Engine {
             }
         }
         Metrics::add(&self.metrics.messages_delivered, out.len() as u64);
+        if redelivered > 0 {
+            Metrics::add(&self.metrics.redeliveries, redelivered);
+            self.metrics.group_redelivered(group, redelivered);
+        }
         out
     }
 
@@ -871,6 +890,7 @@ impl Engine {
         };
         self.log.wait_committed_in(epoch, end).await?;
         Metrics::add(&self.metrics.dead_lettered, 1);
+        self.metrics.group_dead_lettered(group, 1);
         self.wake(&ferry_broker::dlq_topic(group));
         // A FIFO group's next message may be free now.
         self.wake(topic);
@@ -1069,6 +1089,8 @@ impl Engine {
     pub async fn fire_timers(&self, max: usize) -> Result<usize, EngineError> {
         let now = now_ms();
         let mut topics = Vec::new();
+        // Each fired message's delivery time (its timer, until applied).
+        let mut due = Vec::new();
         let epoch;
         let end = {
             let mut core = self.core();
@@ -1080,6 +1102,7 @@ impl Engine {
                 };
                 if let Payload::Fire(f) = &rec.payload {
                     topics.push(f.topic.clone());
+                    due.extend(core.timers().get(f.message_offset).map(|t| t.due_ms));
                 }
                 end = self.commit(&mut core, std::slice::from_ref(&rec))?;
             }
@@ -1090,6 +1113,12 @@ impl Engine {
         }
         let fired = topics.len();
         Metrics::add(&self.metrics.timers_fired, fired as u64);
+        // Late by: deliverable (durably indexed) now, due then.
+        let deliverable = now_ms();
+        for d in due {
+            let late = u64::try_from(deliverable - d).unwrap_or(0);
+            self.metrics.timer_lateness_ms.observe(late);
+        }
         topics.sort_unstable();
         topics.dedup();
         for t in topics {

@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use crate::engine::{EndRequest, Engine, EngineError, MAX_END_BATCH};
-use crate::service::{broker_status, client_id, name};
+use crate::metrics::Rpc;
+use crate::service::{broker_status, client_id, name, timed};
 use crate::{status, ServerConfig};
 
 pub struct ExtensionsService {
@@ -85,6 +86,16 @@ pub(crate) fn end_status(
 #[tonic::async_trait]
 impl Extensions for ExtensionsService {
     async fn end_transactions(
+        &self,
+        request: Request<ext::EndTransactionsRequest>,
+    ) -> Result<Response<ext::EndTransactionsResponse>, Status> {
+        let call = self.serve_end_transactions(request);
+        timed(&self.engine.metrics, Rpc::EndTransactions, call).await
+    }
+}
+
+impl ExtensionsService {
+    async fn serve_end_transactions(
         &self,
         request: Request<ext::EndTransactionsRequest>,
     ) -> Result<Response<ext::EndTransactionsResponse>, Status> {

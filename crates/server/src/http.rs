@@ -6,8 +6,6 @@
 //! Refusals are JSON `{"code": "<RocketMQ code name>", "message": "..."}`
 //! with the HTTP status that fits (404 for anything not found).
 
-use std::fmt::Write as _;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
@@ -19,14 +17,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use ferry_broker::{BrokerError, GroupQueueStats, MessageTypes};
+use ferry_broker::{BrokerError, MessageTypes};
 use ferry_proto::v2::Code;
 use ferry_store::StoreError;
 
 use crate::clients::Clients;
 use crate::engine::{Engine, EngineError};
 use crate::lookup;
-use crate::metrics::Metrics;
+use crate::prometheus;
 use crate::status;
 
 #[derive(Clone)]
@@ -320,224 +318,17 @@ async fn recovery(State(s): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-/// A per-group gauge: metric name, help text, and how to read its value.
-type GroupGauge = (&'static str, &'static str, fn(&GroupQueueStats) -> u64);
-
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
+/// Prometheus text; see [`crate::prometheus`].
 async fn metrics(State(s): State<AppState>) -> Response {
-    let m = &s.engine.metrics;
-    let mut out = String::new();
-    let counters: [(&str, &str, &AtomicU64); 22] = [
-        (
-            "ferry_messages_stored_total",
-            "Messages durably stored.",
-            &m.messages_stored,
-        ),
-        (
-            "ferry_message_bytes_stored_total",
-            "Body bytes durably stored.",
-            &m.bytes_stored,
-        ),
-        (
-            "ferry_send_rejected_total",
-            "Messages refused by validation.",
-            &m.send_rejected,
-        ),
-        (
-            "ferry_messages_delivered_total",
-            "Messages handed to consumers.",
-            &m.messages_delivered,
-        ),
-        (
-            "ferry_redeliveries_total",
-            "Deliveries with attempt > 1.",
-            &m.redeliveries,
-        ),
-        (
-            "ferry_acks_total",
-            "Acknowledgements made durable.",
-            &m.acks,
-        ),
-        (
-            "ferry_invisibility_changes_total",
-            "ChangeInvisibleDuration calls applied.",
-            &m.invisibility_changes,
-        ),
-        (
-            "ferry_corrupt_reads_total",
-            "Records that failed their checksum on read.",
-            &m.corrupt_reads,
-        ),
-        (
-            "ferry_tx_half_stored_total",
-            "Half (transactional) messages durably stored.",
-            &m.tx_half_stored,
-        ),
-        (
-            "ferry_tx_committed_total",
-            "Transactions committed (by the producer or on check-back).",
-            &m.tx_committed,
-        ),
-        (
-            "ferry_tx_rolled_back_total",
-            "Transactions rolled back (by the producer or on check-back).",
-            &m.tx_rolled_back,
-        ),
-        (
-            "ferry_tx_checks_sent_total",
-            "Check-backs sent to producers.",
-            &m.tx_checks_sent,
-        ),
-        (
-            "ferry_tx_checks_failed_total",
-            "Check-backs that could not be handed to a producer's stream.",
-            &m.tx_checks_failed,
-        ),
-        (
-            "ferry_tx_checks_deferred_total",
-            "Check rounds postponed because no producer of the topic was connected.",
-            &m.tx_checks_deferred,
-        ),
-        (
-            "ferry_tx_discarded_total",
-            "Half messages discarded after the last check-back went unanswered.",
-            &m.tx_discarded,
-        ),
-        (
-            "ferry_tx_end_repeated_total",
-            "EndTransaction calls repeating an outcome already recorded (answered OK, no effect).",
-            &m.tx_end_repeated,
-        ),
-        (
-            "ferry_tx_end_refused_total",
-            "EndTransaction calls refused (unknown id, mismatch, or conflicting outcome).",
-            &m.tx_end_refused,
-        ),
-        (
-            "ferry_timers_fired_total",
-            "Messages indexed when their delivery time came.",
-            &m.timers_fired,
-        ),
-        (
-            "ferry_dead_lettered_total",
-            "Messages moved to a dead-letter topic (last attempt failed, or forwarded).",
-            &m.dead_lettered,
-        ),
-        (
-            "ferry_redriven_total",
-            "Dead letters sent back to their topic by an operator.",
-            &m.redriven,
-        ),
-        (
-            "ferry_receive_attempt_replays_total",
-            "Receives retried with the same attempt id that got the same messages again.",
-            &m.attempt_replays,
-        ),
-        (
-            "ferry_log_heals_total",
-            "Times the commit log was healed after a disk fault stopped its writes.",
-            &m.log_heals,
-        ),
-    ];
-    for (name, help, c) in counters {
-        let v = Metrics::get(c);
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    }
-    let (tx_pending, timers_pending, (index_ids, index_keys)) = s.engine.with_core(|c| {
-        (
-            c.transactions().pending_len(),
-            c.timers().len(),
-            c.message_index_len(),
-        )
-    });
-    let gauges = [
-        (
-            "ferry_tx_pending",
-            "Half messages waiting for their transaction outcome.",
-            tx_pending as u64,
-        ),
-        (
-            "ferry_timers_pending",
-            "Messages waiting for their delivery time.",
-            timers_pending as u64,
-        ),
-        (
-            "ferry_log_committed_offset_bytes",
-            "Committed end of the commit log.",
-            s.engine.log().progress().committed,
-        ),
-        (
-            "ferry_log_failed",
-            "1 while the commit log refuses writes after a disk fault, else 0.",
-            u64::from(s.engine.log().progress().failed.is_some()),
-        ),
-        (
-            "ferry_message_index_ids",
-            "Message-id entries in the lookup index (one per retained message record).",
-            index_ids as u64,
-        ),
-        (
-            "ferry_message_index_keys",
-            "Message-key entries in the lookup index.",
-            index_keys as u64,
-        ),
-    ];
-    for (name, help, v) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-    }
-    let _ = writeln!(out, "# HELP ferry_queue_max_offset Next queue offset per queue.\n# TYPE ferry_queue_max_offset gauge");
-    for t in s.engine.with_core(|c| c.topic_stats()) {
-        for (i, (_, max)) in t.queues.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "ferry_queue_max_offset{{topic=\"{}\",queue=\"{i}\"}} {max}",
-                escape(&t.name)
-            );
-        }
-    }
-    let groups = s.engine.with_core(|c| c.group_stats());
-    let gauges: [GroupGauge; 2] = [
-        (
-            "ferry_group_lag",
-            "Messages not yet consumed per group and queue.",
-            |g| g.lag,
-        ),
-        (
-            "ferry_group_inflight",
-            "Messages delivered and not yet settled.",
-            |g| g.inflight as u64,
-        ),
-    ];
-    for (name, help, value) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for g in &groups {
-            let _ = writeln!(
-                out,
-                "{name}{{group=\"{}\",topic=\"{}\",queue=\"{}\"}} {}",
-                escape(&g.group),
-                escape(&g.topic),
-                g.queue_id,
-                value(g)
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP ferry_clients Connected clients by language.\n# TYPE ferry_clients gauge"
-    );
-    for (lang, n) in s.clients.by_language() {
-        let _ = writeln!(out, "ferry_clients{{language=\"{}\"}} {n}", escape(&lang));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    let body = prometheus::render(&s.engine, &s.clients);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// The HTTP status of a refusal: 404 for anything not found, 409 for a

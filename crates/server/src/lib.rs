@@ -13,6 +13,8 @@
 //! * [`lookup`] finds messages by id or key for that API, and [`lifecycle`]
 //!   reads their history back from the log.
 //! * [`config`] holds every setting `ferry serve` accepts.
+//! * [`ui`] serves the dashboard (embedded HTML, JS, CSS) and its JSON
+//!   endpoints; [`stats_history`] samples the totals its charts draw.
 
 pub mod checkback;
 pub mod clients;
@@ -24,8 +26,11 @@ pub mod http;
 pub mod lifecycle;
 pub mod lookup;
 pub mod metrics;
+pub mod prometheus;
 pub mod service;
+pub mod stats_history;
 pub mod status;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -139,8 +144,13 @@ pub async fn run(
         .add_service(svc.into_server(&config))
         .add_optional_service(extensions)
         .serve_with_incoming_shutdown(incoming_nodelay(grpc_listener), wait_stop(stop_rx.clone()));
-    let http = axum::serve(http_listener, http::router(engine.clone(), clients.clone()))
-        .with_graceful_shutdown(wait_stop(stop_rx.clone()));
+    let history = Arc::new(stats_history::StatsHistory::default());
+    let app = http::router(engine.clone(), clients.clone()).merge(ui::router(
+        engine.clone(),
+        clients.clone(),
+        history.clone(),
+    ));
+    let http = axum::serve(http_listener, app).with_graceful_shutdown(wait_stop(stop_rx.clone()));
 
     let maintenance = {
         let engine = engine.clone();
@@ -174,6 +184,8 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
+    let sampler = tokio::spawn(stats_history::run(engine.clone(), history, stop_rx.clone()));
+
     let scheduler = tokio::spawn(checkback::run(
         engine.clone(),
         clients.clone(),
@@ -206,6 +218,7 @@ pub async fn run(
     maintenance.abort();
     healer.abort();
     scheduler.abort();
+    sampler.abort();
     engine.shutdown()?;
     info!("ferry stopped cleanly");
     Ok(())

@@ -5,6 +5,7 @@
 //! `Status` codes inside a successful gRPC response, as the official clients
 //! expect; gRPC errors are kept for broken transport-level input.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::clients::{Client, Clients};
 use crate::convert;
 use crate::engine::{now_ms, Engine, EngineError, ReceiveArgs};
 use crate::extensions;
+use crate::metrics::{Metrics, Outcome, Rpc};
 use crate::status;
 use crate::ServerConfig;
 
@@ -78,6 +80,10 @@ impl Service {
         MessagingServiceServer::new(self)
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.core.limits.max_body_bytes + (1 << 20))
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.engine.metrics
     }
 
     /// The endpoints to put in route answers.
@@ -219,29 +225,110 @@ pub(crate) fn broker_status(e: BrokerError) -> pb::Status {
     status::from_error(&EngineError::Broker(e))
 }
 
-fn receive_frames(
+/// A ReceiveMessage answer before it becomes the stream of frames: its
+/// status (the first frame) and the messages.
+pub(crate) struct ReceiveAnswer {
     head: pb::Status,
     messages: Vec<pb::Message>,
-) -> BoxStream<pb::ReceiveMessageResponse> {
-    use pb::receive_message_response::Content;
-    let mut frames = Vec::with_capacity(messages.len() + 2);
-    frames.push(Ok(pb::ReceiveMessageResponse {
-        content: Some(Content::Status(head)),
-    }));
-    for m in messages {
-        frames.push(Ok(pb::ReceiveMessageResponse {
-            content: Some(Content::Message(m)),
-        }));
-    }
-    frames.push(Ok(pb::ReceiveMessageResponse {
-        content: Some(Content::DeliveryTimestamp(convert::ms_to_ts(now_ms()))),
-    }));
-    Box::pin(tokio_stream::iter(frames))
 }
 
-#[tonic::async_trait]
-impl MessagingService for Service {
-    async fn query_route(
+fn receive_frames(head: pb::Status, messages: Vec<pb::Message>) -> ReceiveAnswer {
+    ReceiveAnswer { head, messages }
+}
+
+impl ReceiveAnswer {
+    fn into_stream(self) -> BoxStream<pb::ReceiveMessageResponse> {
+        use pb::receive_message_response::Content;
+        let mut frames = Vec::with_capacity(self.messages.len() + 2);
+        frames.push(Ok(pb::ReceiveMessageResponse {
+            content: Some(Content::Status(self.head)),
+        }));
+        for m in self.messages {
+            frames.push(Ok(pb::ReceiveMessageResponse {
+                content: Some(Content::Message(m)),
+            }));
+        }
+        frames.push(Ok(pb::ReceiveMessageResponse {
+            content: Some(Content::DeliveryTimestamp(convert::ms_to_ts(now_ms()))),
+        }));
+        Box::pin(tokio_stream::iter(frames))
+    }
+}
+
+/// The RocketMQ status a handler's answer carries in its body (the gRPC
+/// status is OK for it), as the `code` label of the request metrics.
+pub(crate) trait Answer {
+    fn outcome(&self) -> Outcome;
+}
+
+fn outcome_of(status: Option<&pb::Status>) -> Outcome {
+    Outcome::Rocket(status.map_or(Code::Unspecified as i32, |s| s.code))
+}
+
+macro_rules! answers {
+    ($($t:ty),* $(,)?) => {
+        $(impl Answer for $t {
+            fn outcome(&self) -> Outcome {
+                outcome_of(self.status.as_ref())
+            }
+        })*
+    };
+}
+
+answers!(
+    pb::QueryRouteResponse,
+    pb::HeartbeatResponse,
+    pb::SendMessageResponse,
+    pb::QueryAssignmentResponse,
+    pb::AckMessageResponse,
+    pb::ForwardMessageToDeadLetterQueueResponse,
+    pb::UpdateOffsetResponse,
+    pb::GetOffsetResponse,
+    pb::QueryOffsetResponse,
+    pb::EndTransactionResponse,
+    pb::NotifyClientTerminationResponse,
+    pb::ChangeInvisibleDurationResponse,
+    pb::RecallMessageResponse,
+    pb::SyncLiteSubscriptionResponse,
+    ferry_proto::ext::EndTransactionsResponse,
+);
+
+impl Answer for ReceiveAnswer {
+    fn outcome(&self) -> Outcome {
+        outcome_of(Some(&self.head))
+    }
+}
+
+/// A stream opened (Telemetry, PullMessage): OK; what flows on it later is
+/// not a call of its own.
+impl<T> Answer for BoxStream<T> {
+    fn outcome(&self) -> Outcome {
+        Outcome::Rocket(Code::Ok as i32)
+    }
+}
+
+/// Runs one call's handler, timing it and counting its outcome: the
+/// RocketMQ code of the answer, the gRPC code of an error, or `CANCELLED`
+/// when the client goes away first. The one place request metrics are
+/// recorded, for both gRPC services.
+pub(crate) async fn timed<T: Answer>(
+    metrics: &Metrics,
+    rpc: Rpc,
+    call: impl Future<Output = RpcResult<T>>,
+) -> RpcResult<T> {
+    let timer = metrics.grpc.start(rpc);
+    let result = call.await;
+    timer.finish(match &result {
+        Ok(r) => r.get_ref().outcome(),
+        Err(s) => Outcome::Grpc(s.code() as i32),
+    });
+    result
+}
+
+/// The handlers; [`MessagingService`] below times each and records its
+/// outcome.
+impl Service {
+    async fn serve_query_route(
         &self,
         request: Request<pb::QueryRouteRequest>,
     ) -> RpcResult<pb::QueryRouteResponse> {
@@ -279,7 +366,7 @@ impl MessagingService for Service {
         reply(status::ok(), message_queues)
     }
 
-    async fn heartbeat(
+    async fn serve_heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> RpcResult<pb::HeartbeatResponse> {
@@ -296,7 +383,7 @@ impl MessagingService for Service {
         }))
     }
 
-    async fn send_message(
+    async fn serve_send_message(
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> RpcResult<pb::SendMessageResponse> {
@@ -391,7 +478,7 @@ impl MessagingService for Service {
         }))
     }
 
-    async fn query_assignment(
+    async fn serve_query_assignment(
         &self,
         request: Request<pb::QueryAssignmentRequest>,
     ) -> RpcResult<pb::QueryAssignmentResponse> {
@@ -431,12 +518,10 @@ impl MessagingService for Service {
         reply(status::ok(), vec![assignment])
     }
 
-    type ReceiveMessageStream = BoxStream<pb::ReceiveMessageResponse>;
-
-    async fn receive_message(
+    async fn serve_receive_message(
         &self,
         request: Request<pb::ReceiveMessageRequest>,
-    ) -> RpcResult<Self::ReceiveMessageStream> {
+    ) -> RpcResult<ReceiveAnswer> {
         if let Err(s) = client_id(&request) {
             return Ok(Response::new(receive_frames(s, vec![])));
         }
@@ -542,7 +627,7 @@ impl MessagingService for Service {
         }
     }
 
-    async fn ack_message(
+    async fn serve_ack_message(
         &self,
         request: Request<pb::AckMessageRequest>,
     ) -> RpcResult<pb::AckMessageResponse> {
@@ -586,7 +671,7 @@ impl MessagingService for Service {
         }))
     }
 
-    async fn forward_message_to_dead_letter_queue(
+    async fn serve_forward_message_to_dead_letter_queue(
         &self,
         request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
     ) -> RpcResult<pb::ForwardMessageToDeadLetterQueueResponse> {
@@ -609,18 +694,16 @@ impl MessagingService for Service {
         }
     }
 
-    type PullMessageStream = BoxStream<pb::PullMessageResponse>;
-
-    async fn pull_message(
+    async fn serve_pull_message(
         &self,
         _request: Request<pb::PullMessageRequest>,
-    ) -> RpcResult<Self::PullMessageStream> {
+    ) -> RpcResult<BoxStream<pb::PullMessageResponse>> {
         Err(Status::unimplemented(
             "PullMessage is not served by Ferry (no official client needs it)",
         ))
     }
 
-    async fn update_offset(
+    async fn serve_update_offset(
         &self,
         _request: Request<pb::UpdateOffsetRequest>,
     ) -> RpcResult<pb::UpdateOffsetResponse> {
@@ -629,7 +712,7 @@ impl MessagingService for Service {
         ))
     }
 
-    async fn get_offset(
+    async fn serve_get_offset(
         &self,
         _request: Request<pb::GetOffsetRequest>,
     ) -> RpcResult<pb::GetOffsetResponse> {
@@ -638,7 +721,7 @@ impl MessagingService for Service {
         ))
     }
 
-    async fn query_offset(
+    async fn serve_query_offset(
         &self,
         _request: Request<pb::QueryOffsetRequest>,
     ) -> RpcResult<pb::QueryOffsetResponse> {
@@ -647,7 +730,7 @@ impl MessagingService for Service {
         ))
     }
 
-    async fn end_transaction(
+    async fn serve_end_transaction(
         &self,
         request: Request<pb::EndTransactionRequest>,
     ) -> RpcResult<pb::EndTransactionResponse> {
@@ -668,12 +751,10 @@ impl MessagingService for Service {
         reply(extensions::end_status(&end, decided))
     }
 
-    type TelemetryStream = BoxStream<pb::TelemetryCommand>;
-
-    async fn telemetry(
+    async fn serve_telemetry(
         &self,
         request: Request<tonic::Streaming<pb::TelemetryCommand>>,
-    ) -> RpcResult<Self::TelemetryStream> {
+    ) -> RpcResult<BoxStream<pb::TelemetryCommand>> {
         let id = client_id(&request).map_err(|s| Status::invalid_argument(s.message))?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<pb::TelemetryCommand, Status>>(TELEMETRY_QUEUE);
@@ -738,7 +819,7 @@ impl MessagingService for Service {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn notify_client_termination(
+    async fn serve_notify_client_termination(
         &self,
         request: Request<pb::NotifyClientTerminationRequest>,
     ) -> RpcResult<pb::NotifyClientTerminationResponse> {
@@ -755,7 +836,7 @@ impl MessagingService for Service {
         }))
     }
 
-    async fn change_invisible_duration(
+    async fn serve_change_invisible_duration(
         &self,
         request: Request<pb::ChangeInvisibleDurationRequest>,
     ) -> RpcResult<pb::ChangeInvisibleDurationResponse> {
@@ -796,7 +877,7 @@ impl MessagingService for Service {
         }
     }
 
-    async fn recall_message(
+    async fn serve_recall_message(
         &self,
         request: Request<pb::RecallMessageRequest>,
     ) -> RpcResult<pb::RecallMessageResponse> {
@@ -820,10 +901,196 @@ impl MessagingService for Service {
         }
     }
 
-    async fn sync_lite_subscription(
+    async fn serve_sync_lite_subscription(
         &self,
         _request: Request<pb::SyncLiteSubscriptionRequest>,
     ) -> RpcResult<pb::SyncLiteSubscriptionResponse> {
         Err(Status::unimplemented("lite topics are not served by Ferry"))
+    }
+}
+
+/// Every call goes through [`timed`]. ReceiveMessage is timed until its
+/// answer, long-polling wait included (its frames follow at once).
+/// Telemetry is counted when its stream opens and not timed: the stream
+/// lasts as long as the client's session.
+#[tonic::async_trait]
+impl MessagingService for Service {
+    async fn query_route(
+        &self,
+        request: Request<pb::QueryRouteRequest>,
+    ) -> RpcResult<pb::QueryRouteResponse> {
+        timed(
+            self.metrics(),
+            Rpc::QueryRoute,
+            self.serve_query_route(request),
+        )
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> RpcResult<pb::HeartbeatResponse> {
+        timed(
+            self.metrics(),
+            Rpc::Heartbeat,
+            self.serve_heartbeat(request),
+        )
+        .await
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> RpcResult<pb::SendMessageResponse> {
+        timed(
+            self.metrics(),
+            Rpc::SendMessage,
+            self.serve_send_message(request),
+        )
+        .await
+    }
+
+    async fn query_assignment(
+        &self,
+        request: Request<pb::QueryAssignmentRequest>,
+    ) -> RpcResult<pb::QueryAssignmentResponse> {
+        let call = self.serve_query_assignment(request);
+        timed(self.metrics(), Rpc::QueryAssignment, call).await
+    }
+
+    type ReceiveMessageStream = BoxStream<pb::ReceiveMessageResponse>;
+
+    async fn receive_message(
+        &self,
+        request: Request<pb::ReceiveMessageRequest>,
+    ) -> RpcResult<Self::ReceiveMessageStream> {
+        let call = self.serve_receive_message(request);
+        let answer = timed(self.metrics(), Rpc::ReceiveMessage, call).await?;
+        Ok(answer.map(ReceiveAnswer::into_stream))
+    }
+
+    async fn ack_message(
+        &self,
+        request: Request<pb::AckMessageRequest>,
+    ) -> RpcResult<pb::AckMessageResponse> {
+        timed(
+            self.metrics(),
+            Rpc::AckMessage,
+            self.serve_ack_message(request),
+        )
+        .await
+    }
+
+    async fn forward_message_to_dead_letter_queue(
+        &self,
+        request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+    ) -> RpcResult<pb::ForwardMessageToDeadLetterQueueResponse> {
+        let call = self.serve_forward_message_to_dead_letter_queue(request);
+        timed(self.metrics(), Rpc::ForwardMessageToDeadLetterQueue, call).await
+    }
+
+    type PullMessageStream = BoxStream<pb::PullMessageResponse>;
+
+    async fn pull_message(
+        &self,
+        request: Request<pb::PullMessageRequest>,
+    ) -> RpcResult<Self::PullMessageStream> {
+        timed(
+            self.metrics(),
+            Rpc::PullMessage,
+            self.serve_pull_message(request),
+        )
+        .await
+    }
+
+    async fn update_offset(
+        &self,
+        request: Request<pb::UpdateOffsetRequest>,
+    ) -> RpcResult<pb::UpdateOffsetResponse> {
+        timed(
+            self.metrics(),
+            Rpc::UpdateOffset,
+            self.serve_update_offset(request),
+        )
+        .await
+    }
+
+    async fn get_offset(
+        &self,
+        request: Request<pb::GetOffsetRequest>,
+    ) -> RpcResult<pb::GetOffsetResponse> {
+        timed(
+            self.metrics(),
+            Rpc::GetOffset,
+            self.serve_get_offset(request),
+        )
+        .await
+    }
+
+    async fn query_offset(
+        &self,
+        request: Request<pb::QueryOffsetRequest>,
+    ) -> RpcResult<pb::QueryOffsetResponse> {
+        timed(
+            self.metrics(),
+            Rpc::QueryOffset,
+            self.serve_query_offset(request),
+        )
+        .await
+    }
+
+    async fn end_transaction(
+        &self,
+        request: Request<pb::EndTransactionRequest>,
+    ) -> RpcResult<pb::EndTransactionResponse> {
+        let call = self.serve_end_transaction(request);
+        timed(self.metrics(), Rpc::EndTransaction, call).await
+    }
+
+    type TelemetryStream = BoxStream<pb::TelemetryCommand>;
+
+    async fn telemetry(
+        &self,
+        request: Request<tonic::Streaming<pb::TelemetryCommand>>,
+    ) -> RpcResult<Self::TelemetryStream> {
+        timed(
+            self.metrics(),
+            Rpc::Telemetry,
+            self.serve_telemetry(request),
+        )
+        .await
+    }
+
+    async fn notify_client_termination(
+        &self,
+        request: Request<pb::NotifyClientTerminationRequest>,
+    ) -> RpcResult<pb::NotifyClientTerminationResponse> {
+        let call = self.serve_notify_client_termination(request);
+        timed(self.metrics(), Rpc::NotifyClientTermination, call).await
+    }
+
+    async fn change_invisible_duration(
+        &self,
+        request: Request<pb::ChangeInvisibleDurationRequest>,
+    ) -> RpcResult<pb::ChangeInvisibleDurationResponse> {
+        let call = self.serve_change_invisible_duration(request);
+        timed(self.metrics(), Rpc::ChangeInvisibleDuration, call).await
+    }
+
+    async fn recall_message(
+        &self,
+        request: Request<pb::RecallMessageRequest>,
+    ) -> RpcResult<pb::RecallMessageResponse> {
+        let call = self.serve_recall_message(request);
+        timed(self.metrics(), Rpc::RecallMessage, call).await
+    }
+
+    async fn sync_lite_subscription(
+        &self,
+        request: Request<pb::SyncLiteSubscriptionRequest>,
+    ) -> RpcResult<pb::SyncLiteSubscriptionResponse> {
+        let call = self.serve_sync_lite_subscription(request);
+        timed(self.metrics(), Rpc::SyncLiteSubscription, call).await
     }
 }

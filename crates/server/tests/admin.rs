@@ -9,62 +9,17 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{code, free_port, req, res};
+use common::{
+    ack, code, quick_redelivery, receipt, receive_messages, receive_request, req, res, start_with,
+    Running,
+};
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
 use pb::Code;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-type RunResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// A broker running in this process, with a gRPC client and its HTTP
-/// address.
-struct Running {
-    c: MessagingServiceClient<Channel>,
-    http: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<RunResult>,
-}
-
-async fn start(dir: &std::path::Path) -> Running {
-    let port = free_port();
-    let http_port = free_port();
-    let mut config = ferry_server::ServerConfig {
-        data_dir: dir.to_path_buf(),
-        grpc_listen: format!("127.0.0.1:{port}"),
-        http_listen: format!("127.0.0.1:{http_port}"),
-        ..Default::default()
-    };
-    // Short invisibility so redeliveries come quickly in tests.
-    config.core.limits.min_invisible_ms = 100;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(ferry_server::run(config, async {
-        let _ = stopped.await;
-    }));
-    let endpoint = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
-    for _ in 0..200 {
-        if let Ok(ch) = endpoint.connect().await {
-            return Running {
-                c: MessagingServiceClient::new(ch),
-                http: format!("127.0.0.1:{http_port}"),
-                stop,
-                task,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("server did not start");
-}
-
 impl Running {
-    /// Stops cleanly and waits until the data directory is free again.
-    async fn stop(self) {
-        drop(self.c);
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-
     async fn http(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         http(&self.http, method, path, body).await
     }
@@ -119,63 +74,12 @@ async fn receive(
     c: &mut MessagingServiceClient<Channel>,
     group: &str,
     topic: &str,
-    invisible_ms: i64,
-    poll_ms: i64,
+    invisible_ms: u64,
+    poll_ms: u64,
 ) -> Vec<pb::Message> {
-    let mut s = c
-        .receive_message(req(pb::ReceiveMessageRequest {
-            group: res(group),
-            message_queue: Some(pb::MessageQueue {
-                topic: res(topic),
-                ..Default::default()
-            }),
-            batch_size: 16,
-            invisible_duration: Some(prost_types::Duration {
-                seconds: invisible_ms / 1000,
-                nanos: ((invisible_ms % 1000) * 1_000_000) as i32,
-            }),
-            long_polling_timeout: Some(prost_types::Duration {
-                seconds: poll_ms / 1000,
-                nanos: ((poll_ms % 1000) * 1_000_000) as i32,
-            }),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(item) = s.message().await.unwrap() {
-        if let Some(pb::receive_message_response::Content::Message(m)) = item.content {
-            out.push(m);
-        }
-    }
-    out
-}
-
-fn receipt(m: &pb::Message) -> String {
-    m.system_properties
-        .as_ref()
-        .unwrap()
-        .receipt_handle
-        .clone()
-        .unwrap()
-}
-
-async fn ack(c: &mut MessagingServiceClient<Channel>, group: &str, topic: &str, handle: &str) {
-    let r = c
-        .ack_message(req(pb::AckMessageRequest {
-            group: res(group),
-            topic: res(topic),
-            entries: vec![pb::AckMessageEntry {
-                message_id: String::new(),
-                receipt_handle: handle.into(),
-                lite_topic: None,
-            }],
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    let invisible = Duration::from_millis(invisible_ms);
+    let r = receive_request(group, topic, 16, invisible, Duration::from_millis(poll_ms));
+    receive_messages(c, req(r)).await
 }
 
 async fn end_tx(
@@ -229,7 +133,7 @@ fn now_ms() -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_accept_their_message_types_and_can_be_described_and_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = start(dir.path()).await;
+    let mut b = start_with(dir.path(), quick_redelivery).await;
 
     // Refusals of the definition itself.
     let (status, body) = b
@@ -433,7 +337,7 @@ async fn topics_accept_their_message_types_and_can_be_described_and_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_deletion_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = start(dir.path()).await;
+    let mut b = start_with(dir.path(), quick_redelivery).await;
     let (status, _) = b
         .http("POST", "/v1/topics/gone", Some(json!({"queues": 1})))
         .await;
@@ -456,7 +360,7 @@ async fn a_topic_deletion_survives_a_restart() {
     assert_eq!(status, 201);
     b.stop().await;
 
-    let mut b = start(dir.path()).await;
+    let mut b = start_with(dir.path(), quick_redelivery).await;
     let (status, _) = b.get("/v1/topics/gone").await;
     assert_eq!(status, 404);
     let (status, body) = b.get("/v1/topics/again").await;
@@ -480,7 +384,7 @@ async fn a_topic_deletion_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_are_described_and_listed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = start(dir.path()).await;
+    let mut b = start_with(dir.path(), quick_redelivery).await;
     let (status, body) = b.get("/v1/groups/nobody").await;
     assert_eq!(
         (status, body["code"].as_str()),
@@ -575,7 +479,7 @@ async fn groups_are_described_and_listed() {
 async fn lookups_tell_each_message_lifecycle() {
     use pb::TransactionResolution as R;
     let dir = tempfile::tempdir().unwrap();
-    let mut b = start(dir.path()).await;
+    let mut b = start_with(dir.path(), quick_redelivery).await;
 
     // Delivered twice (the first delivery expires), renewed, then acked.
     let sent = send_ok(&mut b.c, msg("lc", "twice", pb::MessageType::Normal)).await;
@@ -813,7 +717,7 @@ async fn lookups_tell_each_message_lifecycle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_by_key_and_repeated_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = start(dir.path()).await;
+    let mut b = start_with(dir.path(), quick_redelivery).await;
     // The same id stored twice (a producer's retry): both listed.
     send_ok(&mut b.c, msg("k1", "dup", pb::MessageType::Normal)).await;
     send_ok(&mut b.c, msg("k1", "dup", pb::MessageType::Normal)).await;

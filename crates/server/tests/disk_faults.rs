@@ -12,66 +12,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{code, free_port, req, res};
+use common::{code, receive_frames, receive_request, req, res, start_with, Running};
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
 use ferry_store::faults::{Fault, FaultyDisk};
+use pb::receive_message_response::Content;
 use pb::Code;
 use tonic::transport::Channel;
 
-type RunResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-struct Running {
-    c: MessagingServiceClient<Channel>,
-    admin: ferry_admin::AdminClient,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<RunResult>,
-}
-
+/// A broker whose heal task retries often, its disk behind `disk` when
+/// given.
 async fn start(dir: &std::path::Path, disk: Option<Arc<FaultyDisk>>) -> Running {
-    let port = free_port();
-    let http = format!("127.0.0.1:{}", free_port());
-    let config = ferry_server::ServerConfig {
-        data_dir: dir.to_path_buf(),
-        grpc_listen: format!("127.0.0.1:{port}"),
-        http_listen: http.clone(),
-        heal_interval: Duration::from_millis(100),
-        disk_hook: disk.map(|d| d as Arc<dyn ferry_store::DiskHook>),
-        ..Default::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(ferry_server::run(config, async {
-        let _ = stopped.await;
-    }));
-    let endpoint = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
-    for _ in 0..200 {
-        if let Ok(ch) = endpoint.connect().await {
-            return Running {
-                c: MessagingServiceClient::new(ch),
-                admin: ferry_admin::AdminClient::new(http),
-                stop,
-                task,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("server did not start");
+    start_with(dir, |config| {
+        config.heal_interval = Duration::from_millis(100);
+        config.disk_hook = disk.map(|d| d as Arc<dyn ferry_store::DiskHook>);
+    })
+    .await
 }
 
 impl Running {
-    async fn stop(self) -> RunResult {
-        drop(self.c);
-        let _ = self.stop.send(());
-        self.task.await.unwrap()
-    }
-
     async fn readyz(&self) -> (u16, String) {
-        let (status, body) = self.admin.request("GET", "/readyz", None).await.unwrap();
+        let (status, body) = self.admin().request("GET", "/readyz", None).await.unwrap();
         (status, body.as_str().unwrap_or_default().to_string())
     }
 
     async fn metric(&self, name: &str) -> u64 {
-        let text = self.admin.get_text("/metrics").await.unwrap();
+        let text = self.admin().get_text("/metrics").await.unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("metric {name} missing"))
@@ -106,33 +72,17 @@ async fn receive_once(
     group: &str,
     batch: i32,
 ) -> (Vec<(String, Bytes, String)>, Option<pb::Status>) {
-    let r = pb::ReceiveMessageRequest {
-        group: res(group),
-        message_queue: Some(pb::MessageQueue {
-            topic: res("t"),
-            ..Default::default()
-        }),
-        batch_size: batch,
-        invisible_duration: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
-        long_polling_timeout: Some(prost_types::Duration {
-            seconds: 0,
-            nanos: 300_000_000,
-        }),
-        ..Default::default()
-    };
-    let mut s = c.receive_message(req(r)).await.unwrap().into_inner();
+    let invisible = Duration::from_secs(60);
+    let r = receive_request(group, "t", batch, invisible, Duration::from_millis(300));
     let mut messages = Vec::new();
     let mut status = None;
-    while let Some(item) = s.message().await.unwrap() {
-        match item.content.unwrap() {
-            pb::receive_message_response::Content::Message(m) => {
+    for frame in receive_frames(c, req(r)).await {
+        match frame {
+            Content::Message(m) => {
                 let sp = m.system_properties.unwrap();
                 messages.push((sp.message_id, m.body, sp.receipt_handle.unwrap_or_default()));
             }
-            pb::receive_message_response::Content::Status(st) => status = Some(st),
+            Content::Status(st) => status = Some(st),
             _ => {}
         }
     }
@@ -297,7 +247,7 @@ async fn a_disk_fault_refuses_sends_until_it_clears_and_loses_nothing_acknowledg
         );
         assert_eq!(body, &body_of(id), "{id} delivered damaged");
     }
-    b.stop().await.expect("a clean stop after the heal");
+    b.try_stop().await.expect("a clean stop after the heal");
 
     // After a restart (no fault hook) every acknowledged message is still
     // there for a new group.
@@ -313,5 +263,5 @@ async fn a_disk_fault_refuses_sends_until_it_clears_and_loses_nothing_acknowledg
         );
         assert_eq!(body, &body_of(id), "{id} delivered damaged");
     }
-    b.stop().await.unwrap();
+    b.try_stop().await.unwrap();
 }

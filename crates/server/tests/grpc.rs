@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{code, free_port, req, res};
+use common::{code, free_port, receive_frames, receive_request, req, res};
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
 use pb::Code;
@@ -83,57 +83,31 @@ async fn receive_with(
     topic: &str,
     filter: Option<pb::FilterExpression>,
     attempt_id: Option<&str>,
-    poll_ms: i32,
+    poll_ms: u64,
 ) -> Vec<pb::receive_message_response::Content> {
-    let r = receive_request(topic, filter, attempt_id, poll_ms);
-    receive_frames_of(c, req(r)).await
+    let r = receive_request_g(topic, filter, attempt_id, poll_ms);
+    receive_frames(c, req(r)).await
 }
 
 /// A receive of up to 16 messages of `topic` for group `g`, invisible 30 s.
-fn receive_request(
+fn receive_request_g(
     topic: &str,
     filter: Option<pb::FilterExpression>,
     attempt_id: Option<&str>,
-    poll_ms: i32,
+    poll_ms: u64,
 ) -> pb::ReceiveMessageRequest {
+    let long_poll = Duration::from_millis(poll_ms);
     pb::ReceiveMessageRequest {
-        group: res("g"),
-        message_queue: Some(pb::MessageQueue {
-            topic: res(topic),
-            ..Default::default()
-        }),
         filter_expression: filter,
-        batch_size: 16,
-        invisible_duration: Some(prost_types::Duration {
-            seconds: 30,
-            nanos: 0,
-        }),
-        long_polling_timeout: Some(prost_types::Duration {
-            seconds: i64::from(poll_ms / 1000),
-            nanos: (poll_ms % 1000) * 1_000_000,
-        }),
         attempt_id: attempt_id.map(String::from),
-        ..Default::default()
+        ..receive_request("g", topic, 16, Duration::from_secs(30), long_poll)
     }
-}
-
-/// Every frame the receive answers with, in order.
-async fn receive_frames_of(
-    c: &mut MessagingServiceClient<Channel>,
-    r: Request<pb::ReceiveMessageRequest>,
-) -> Vec<pb::receive_message_response::Content> {
-    let mut s = c.receive_message(r).await.unwrap().into_inner();
-    let mut out = Vec::new();
-    while let Some(item) = s.message().await.unwrap() {
-        out.push(item.content.unwrap());
-    }
-    out
 }
 
 async fn receive_all(
     c: &mut MessagingServiceClient<Channel>,
     topic: &str,
-    poll_ms: i32,
+    poll_ms: u64,
 ) -> Vec<pb::receive_message_response::Content> {
     receive_with(c, topic, None, None, poll_ms).await
 }
@@ -301,23 +275,12 @@ async fn refusals_carry_precise_codes_and_store_nothing() {
     assert_eq!(code(&r.status), Code::InvalidReceiptHandle);
 
     // Long polling beyond the maximum.
-    let mut s = c
-        .receive_message(req(pb::ReceiveMessageRequest {
-            group: res("g"),
-            message_queue: Some(pb::MessageQueue {
-                topic: res("t"),
-                ..Default::default()
-            }),
-            batch_size: 1,
-            long_polling_timeout: Some(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            }),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    // No invisible duration: the polling time alone is refused.
+    let r = pb::ReceiveMessageRequest {
+        invisible_duration: None,
+        ..receive_request("g", "t", 1, Duration::ZERO, Duration::from_secs(3600))
+    };
+    let mut s = c.receive_message(req(r)).await.unwrap().into_inner();
     let first = s.message().await.unwrap().unwrap().content.unwrap();
     assert!(matches!(first, Content::Status(s) if s.code == Code::IllegalPollingTime as i32));
 
@@ -836,12 +799,12 @@ async fn end_transactions_decides_each_entry_in_order() {
     }))
     .await
     .unwrap();
-    let mut r = req(receive_request("digest", None, None, 1000));
+    let mut r = req(receive_request_g("digest", None, None, 1000));
     r.metadata_mut().insert(
         ferry_proto::ext::ACCEPT_DIGEST_HEADER,
         "CRC32".parse().unwrap(),
     );
-    let digests: Vec<pb::Digest> = receive_frames_of(&mut c, r)
+    let digests: Vec<pb::Digest> = receive_frames(&mut c, r)
         .await
         .into_iter()
         .filter_map(|f| match f {

@@ -15,6 +15,9 @@
 //!   truncated.
 //! * [`retention`] — which segments age or size limits allow to delete.
 //! * [`meta`] — small checksummed metadata files written atomically.
+//! * [`stats`] — fsync latency and group-commit size histograms the
+//!   flusher keeps with relaxed atomics (no metrics crate here); the server
+//!   renders them.
 //! * [`disk`] — the seam every disk operation of the writer passes, where
 //!   tests inject faults (`faults::FaultyDisk`, feature `fault-injection`).
 //!
@@ -30,8 +33,10 @@ pub mod meta;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
+pub mod stats;
 
 pub use disk::{DiskHook, WriteVerdict};
 pub use error::StoreError;
 pub use log::{FlushMode, Log, LogConfig, Progress, ScanEnd, SegmentInfo};
 pub use recovery::{DroppedRange, RecoveryReport};
+pub use stats::{Histogram, HistogramSnapshot, LogStats};

@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 use crate::disk::{self, DiskHook, Hook};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, HEADER_LEN};
+use crate::stats::LogStats;
 use crate::StoreError;
 
 /// When an append counts as done.
@@ -124,6 +125,8 @@ pub struct SegmentInfo {
 struct Chunk {
     segment_base: u64,
     bytes: Vec<u8>,
+    /// Records encoded in `bytes`.
+    records: u64,
 }
 
 struct Pending {
@@ -156,6 +159,7 @@ struct Shared {
     /// The committed offset at the end of each epoch: entry `e` is where
     /// epoch `e` ended when the log was healed.
     epoch_ends: Mutex<Vec<u64>>,
+    stats: LogStats,
 }
 
 impl Shared {
@@ -297,6 +301,7 @@ impl Log {
             progress,
             segments: RwLock::new(segments),
             epoch_ends: Mutex::new(Vec::new()),
+            stats: LogStats::default(),
         });
         let active = match scanned.last() {
             Some(s) => Some(Active {
@@ -372,10 +377,12 @@ impl Log {
             p.chunks.push(Chunk {
                 segment_base: base,
                 bytes: Vec::with_capacity(64 << 10),
+                records: 0,
             });
         }
         let chunk = p.chunks.last_mut().expect("chunk pushed above");
         encode(rec, offset, &mut chunk.bytes);
+        chunk.records += 1;
         p.next_offset += len as u64;
         p.active_len += len as u64;
         p.bytes += len;
@@ -392,6 +399,11 @@ impl Log {
     /// The latest committed offset and failure state.
     pub fn progress(&self) -> Progress {
         self.shared.progress.borrow().clone()
+    }
+
+    /// fsync latencies and group-commit sizes since the log opened.
+    pub fn stats(&self) -> &LogStats {
+        &self.shared.stats
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Progress> {
@@ -1076,6 +1088,13 @@ impl Flusher {
             }
             self.shared.space.notify_all();
             if result.is_ok() && !chunks.is_empty() {
+                let stats = &self.shared.stats;
+                stats
+                    .batch_records
+                    .observe(chunks.iter().map(|c| c.records).sum());
+                stats
+                    .batch_bytes
+                    .observe(chunks.iter().map(|c| c.bytes.len() as u64).sum());
                 self.shared.progress.send_modify(|pr| pr.committed = end);
             }
             if shutdown || result.is_err() {
@@ -1102,8 +1121,10 @@ impl Flusher {
     fn roll(&mut self, base: u64) -> Result<(), StoreError> {
         let hook = self.shared.hook();
         if let Some(old) = self.active.take() {
-            disk::sync_data(hook, &old.file, &old.path, old.pos)
-                .map_err(StoreError::io("syncing closed segment", &old.path))?;
+            let started = Instant::now();
+            let synced = disk::sync_data(hook, &old.file, &old.path, old.pos);
+            observe_fsync(&self.shared.stats, started);
+            synced.map_err(StoreError::io("syncing closed segment", &old.path))?;
         }
         let (path, file) = segment::create_with(hook, &self.shared.config.dir, base, now_ms())?;
         let reader = File::open(&path).map_err(StoreError::io("opening segment", &path))?;
@@ -1142,11 +1163,18 @@ impl Flusher {
             return Ok(());
         }
         if let Some(a) = &self.active {
-            disk::sync_data(self.shared.hook(), &a.file, &a.path, a.pos)
-                .map_err(StoreError::io("syncing segment", &a.path))?;
+            let started = Instant::now();
+            let synced = disk::sync_data(self.shared.hook(), &a.file, &a.path, a.pos);
+            observe_fsync(&self.shared.stats, started);
+            synced.map_err(StoreError::io("syncing segment", &a.path))?;
         }
         self.unsynced = false;
         self.last_sync = Instant::now();
         Ok(())
     }
+}
+
+fn observe_fsync(stats: &LogStats, started: Instant) {
+    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    stats.fsync_ns.observe(ns);
 }
