@@ -60,6 +60,19 @@ fn records() -> Vec<Record> {
             handle: 7,
             visible_at_ms: NOW_MS + 30_000,
             cursor: 1,
+            client: Some("consumer-1".into()),
+        }),
+        // As written before deliveries named their consumer client.
+        Payload::Deliver(DeliverRecord {
+            group: "g".into(),
+            topic: "orders".into(),
+            queue_id: 0,
+            queue_offset: 1,
+            attempt: 1,
+            handle: 8,
+            visible_at_ms: NOW_MS + 30_000,
+            cursor: 2,
+            client: None,
         }),
         Payload::Ack(AckRecord {
             group: "g".into(),

@@ -374,6 +374,13 @@ async function main() {
     const expected = ['stored', 'delivered', 'delivered', 'dead_lettered', 'redriven', 'delivered', 'acked'];
     check(sameJson(want.filter((e) => e !== 'renewed'), expected),
       'API lifecycle: stored, delivered twice, dead-lettered, re-driven, delivered, acked', want);
+    // Each delivery names the consumer client it went to, on the page too.
+    const deliveries = found.messages[0].lifecycle.events.filter((e) => e.event === 'delivered');
+    const details = await page.locator(`.message[data-message-id="${t.refundId}"] ol.timeline li[data-event="delivered"] .detail`)
+      .allInnerTexts();
+    check(deliveries.length > 0 && deliveries.every((e) => typeof e.client === 'string' && e.client.length > 0)
+      && details.length === deliveries.length && details.every((d, i) => d.includes(`client ${deliveries[i].client}`)),
+      'messages: each delivery names its consumer client, in the API and on the page', { deliveries, details });
     check(await text(`.message[data-message-id="${t.refundId}"] [data-field="topic"]`) === 'refunds'
       && (await text(`.message[data-message-id="${t.refundId}"] [data-field="keys"]`)).includes('refund-7'),
       'messages: headers show topic refunds and key refund-7');

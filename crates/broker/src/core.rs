@@ -64,6 +64,10 @@ pub struct ReceiveRequest<'a> {
     pub filter: &'a Filter,
     pub max_messages: usize,
     pub invisible_ms: i64,
+    /// The consumer client asking (its `x-mq-client-id`), recorded with each
+    /// delivery so a message's history says who had it; at most
+    /// [`ferry_record::MAX_CLIENT_ID_BYTES`].
+    pub client: &'a str,
     /// Needed only when `filter` looks at properties; without it such a
     /// filter sees none.
     pub properties: Option<PropertyReader<'a>>,
@@ -1010,6 +1014,13 @@ impl Broker {
                 req.max_messages, limits.max_receive_batch
             )));
         }
+        if req.client.len() > ferry_record::MAX_CLIENT_ID_BYTES {
+            return Err(BrokerError::BadRequest(format!(
+                "client id of {} bytes is longer than {}",
+                req.client.len(),
+                ferry_record::MAX_CLIENT_ID_BYTES
+            )));
+        }
         if !self.groups.contains_key(req.group) && self.groups.len() >= limits.max_groups {
             return Err(BrokerError::LimitReached(format!(
                 "at most {} consumer groups",
@@ -1056,6 +1067,7 @@ impl Broker {
                         handle,
                         visible_at_ms,
                         cursor,
+                        client: Some(req.client.to_string()),
                     }),
                 });
                 plan.deliveries.push(Delivery {

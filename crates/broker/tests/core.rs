@@ -67,6 +67,7 @@ fn replay_rebuilds_the_same_state() {
         filter: &Filter::All,
         max_messages: 10,
         invisible_ms: 10_000,
+        client: "consumer-1",
         properties: None,
     };
     let plan = replayed.plan_receive(12_000, &req, h.next).unwrap();
@@ -120,6 +121,7 @@ fn tag_filter_skips_and_uncommitted_messages_wait() {
         filter: &red,
         max_messages: 10,
         invisible_ms: 10_000,
+        client: "consumer-1",
         properties: None,
     };
     let committed = h.log.last().unwrap().0; // the last record is not durable
@@ -141,6 +143,7 @@ fn receive_validates_its_arguments() {
         filter: &Filter::All,
         max_messages: 1,
         invisible_ms: 10,
+        client: "consumer-1",
         properties: None,
     };
     assert!(matches!(

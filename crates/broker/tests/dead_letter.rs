@@ -27,6 +27,7 @@ fn receive_from(h: &mut Harness, now: i64, topic: &str) -> (Vec<Delivery>, usize
         filter: &Filter::All,
         max_messages: 16,
         invisible_ms: 1_000,
+        client: "consumer-1",
         properties: None,
     };
     let plan = h.core.plan_receive(now, &req, u64::MAX).unwrap();

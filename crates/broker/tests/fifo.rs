@@ -93,6 +93,7 @@ impl World {
             filter: &Filter::All,
             max_messages: max,
             invisible_ms: INVISIBLE,
+            client: "consumer-1",
             properties: None,
         };
         let plan = self.h.core.plan_receive(self.now, &req, u64::MAX).unwrap();

@@ -1343,6 +1343,7 @@ impl Sim {
             filter: &filter,
             max_messages: max,
             invisible_ms: invisible,
+            client: "consumer-1",
             properties: None,
         };
         let committed = self.h.committed;

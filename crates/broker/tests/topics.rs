@@ -29,6 +29,7 @@ fn receive(h: &mut Harness, now: i64, group: &str, topic: &str, max: usize) -> V
         filter: &Filter::All,
         max_messages: max,
         invisible_ms: 10_000,
+        client: "consumer-1",
         properties: None,
     };
     let plan = h.core.plan_receive(now, &req, u64::MAX).unwrap();
@@ -239,6 +240,7 @@ fn a_deleted_topic_leaves_nothing_dangling() {
         filter: &Filter::All,
         max_messages: 1,
         invisible_ms: 10_000,
+        client: "consumer-1",
         properties: None,
     };
     assert!(matches!(

@@ -137,6 +137,7 @@ fn a_committed_message_waits_for_its_commit_record_to_be_durable() {
         filter: &Filter::All,
         max_messages: 8,
         invisible_ms: 60_000,
+        client: "consumer-1",
         properties: None,
     };
     // The half record is durable, the commit record not yet: nothing.

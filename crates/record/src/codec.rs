@@ -61,7 +61,9 @@ pub fn encoded_len(rec: &Record) -> usize {
                 + 4
                 + m.body.len()
         }
-        Payload::Deliver(d) => s(&d.group) + s(&d.topic) + 4 + 8 + 4 + 8 + 8 + 8,
+        Payload::Deliver(d) => {
+            s(&d.group) + s(&d.topic) + 4 + 8 + 4 + 8 + 8 + 8 + d.client.as_deref().map_or(0, s)
+        }
         Payload::Ack(a) => s(&a.group) + s(&a.topic) + 4 + 8 + 8,
         Payload::Renew(r) => s(&r.group) + s(&r.topic) + 4 + 8 + 8 + 8,
         Payload::TxEnd(t) => {
@@ -146,6 +148,9 @@ pub fn encode(rec: &Record, offset: u64, out: &mut Vec<u8>) {
             out.put_u64_le(d.handle);
             out.put_i64_le(d.visible_at_ms);
             out.put_u64_le(d.cursor);
+            if let Some(c) = &d.client {
+                put_str(out, c);
+            }
         }
         Payload::Ack(a) => {
             put_str(out, &a.group);
@@ -343,7 +348,7 @@ pub fn decode(
                 r.bytes(n)?
             },
         }),
-        Kind::Deliver => Payload::Deliver(DeliverRecord {
+        Kind::Deliver | Kind::DeliverTo => Payload::Deliver(DeliverRecord {
             group: r.string()?,
             topic: r.string()?,
             queue_id: r.u32()?,
@@ -352,6 +357,11 @@ pub fn decode(
             handle: r.u64()?,
             visible_at_ms: r.i64()?,
             cursor: r.u64()?,
+            client: if kind == Kind::DeliverTo {
+                Some(r.string()?)
+            } else {
+                None
+            },
         }),
         Kind::Ack => Payload::Ack(AckRecord {
             group: r.string()?,

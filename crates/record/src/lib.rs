@@ -34,7 +34,7 @@ pub use codec::{decode, encode, encoded_len, peek_len, DecodeError};
 pub use types::{
     AckRecord, DeadLetterRecord, DeliverRecord, FireRecord, Kind, MessageRecord, Payload,
     RecallRecord, Record, RedriveRecord, RenewRecord, TopicDeleteRecord, TxCheckRecord,
-    TxEndRecord, TxOutcome, TxSource,
+    TxEndRecord, TxOutcome, TxSource, MAX_CLIENT_ID_BYTES,
 };
 
 /// Bytes of the fixed record header.

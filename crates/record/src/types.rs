@@ -7,6 +7,8 @@ use bytes::Bytes;
 #[repr(u8)]
 pub enum Kind {
     Message = 1,
+    /// A delivery as written before records named the consumer client:
+    /// still read (the client is then unknown), never written.
     Deliver = 2,
     Ack = 3,
     Renew = 4,
@@ -17,6 +19,9 @@ pub enum Kind {
     Recall = 9,
     Redrive = 10,
     TopicDelete = 11,
+    /// A delivery naming the consumer client it went to (what `Deliver`
+    /// holds, then the client id).
+    DeliverTo = 12,
 }
 
 impl Kind {
@@ -33,6 +38,7 @@ impl Kind {
             9 => Some(Kind::Recall),
             10 => Some(Kind::Redrive),
             11 => Some(Kind::TopicDelete),
+            12 => Some(Kind::DeliverTo),
             _ => None,
         }
     }
@@ -69,7 +75,8 @@ impl Payload {
     pub fn kind(&self) -> Kind {
         match self {
             Payload::Message(_) => Kind::Message,
-            Payload::Deliver(_) => Kind::Deliver,
+            Payload::Deliver(d) if d.client.is_none() => Kind::Deliver,
+            Payload::Deliver(_) => Kind::DeliverTo,
             Payload::Ack(_) => Kind::Ack,
             Payload::Renew(_) => Kind::Renew,
             Payload::TxEnd(_) => Kind::TxEnd,
@@ -131,7 +138,15 @@ pub struct DeliverRecord {
     /// own (filtered out), and must not pass over any a FIFO group still
     /// holds back; replay restores exactly this.
     pub cursor: u64,
+    /// The consumer client's id (`x-mq-client-id`, at most
+    /// [`MAX_CLIENT_ID_BYTES`]). `None` only in records written before
+    /// deliveries named their client ([`Kind::Deliver`]); kept as `None` so
+    /// such a record re-encodes to exactly its bytes.
+    pub client: Option<String>,
 }
+
+/// Longest consumer client id a delivery record holds.
+pub const MAX_CLIENT_ID_BYTES: usize = 256;
 
 /// A consumer group acknowledged a message with the receipt `handle`.
 #[derive(Debug, Clone, PartialEq, Eq)]

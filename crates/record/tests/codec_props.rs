@@ -66,10 +66,21 @@ fn payload() -> impl Strategy<Value = Payload> {
             any::<u32>(),
             any::<u64>(),
             any::<i64>(),
-            any::<u64>()
+            any::<u64>(),
+            proptest::option::of(short_string())
         )
             .prop_map(
-                |(group, topic, queue_id, queue_offset, attempt, handle, visible_at_ms, cursor)| {
+                |(
+                    group,
+                    topic,
+                    queue_id,
+                    queue_offset,
+                    attempt,
+                    handle,
+                    visible_at_ms,
+                    cursor,
+                    client,
+                )| {
                     Payload::Deliver(DeliverRecord {
                         group,
                         topic,
@@ -79,6 +90,7 @@ fn payload() -> impl Strategy<Value = Payload> {
                         handle,
                         visible_at_ms,
                         cursor,
+                        client,
                     })
                 }
             ),

@@ -137,6 +137,8 @@ pub struct ReceiveArgs {
     /// The client's id for this receive attempt: a retry with the same id
     /// gets the same messages while they are still in flight.
     pub attempt_id: Option<String>,
+    /// The consumer client's id, recorded with each delivery.
+    pub client: String,
 }
 
 /// One transaction's outcome as a producer (or its checker) sends it.
@@ -733,6 +735,7 @@ impl Engine {
                     filter: &args.filter,
                     max_messages: args.max_messages,
                     invisible_ms: args.invisible_ms,
+                    client: &args.client,
                     properties: Some(&read_properties),
                 };
                 let plan = core.plan_receive(now, &req, committed)?;

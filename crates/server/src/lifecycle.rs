@@ -90,6 +90,10 @@ pub enum What {
         group: String,
         attempt: u32,
         visible_at_ms: i64,
+        /// The consumer client it went to (`None` in records written before
+        /// deliveries named their client).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
     },
     Renewed {
         group: String,
@@ -296,6 +300,7 @@ impl<'a> Tracker<'a> {
                         group: d.group.clone(),
                         attempt: d.attempt,
                         visible_at_ms: d.visible_at_ms,
+                        client: d.client.clone(),
                     };
                     self.histories[i].push(rec, offset, what);
                 }
@@ -409,6 +414,7 @@ mod tests {
             handle: 1,
             visible_at_ms: 9,
             cursor: 1,
+            client: Some("consumer-1".into()),
         })
     }
 

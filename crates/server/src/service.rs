@@ -187,18 +187,31 @@ fn split_host_port(s: &str) -> Option<(String, i32)> {
 }
 
 /// `x-mq-client-id` is required on every call.
+/// The caller's `x-mq-client-id`: required on every call, and at most
+/// [`ferry_record::MAX_CLIENT_ID_BYTES`] because deliveries record it.
 pub(crate) fn client_id<T>(req: &Request<T>) -> Result<String, pb::Status> {
-    req.metadata()
+    let id = req
+        .metadata()
         .get("x-mq-client-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
-        .map(str::to_string)
         .ok_or_else(|| {
             status::of(
                 Code::ClientIdRequired,
                 "the x-mq-client-id header is required",
             )
-        })
+        })?;
+    if id.len() > ferry_record::MAX_CLIENT_ID_BYTES {
+        return Err(status::of(
+            Code::BadRequest,
+            format!(
+                "the x-mq-client-id header is {} bytes; at most {}",
+                id.len(),
+                ferry_record::MAX_CLIENT_ID_BYTES
+            ),
+        ));
+    }
+    Ok(id.to_string())
 }
 
 /// The time the client is willing to wait, from the `grpc-timeout` header.
@@ -522,9 +535,10 @@ impl Service {
         &self,
         request: Request<pb::ReceiveMessageRequest>,
     ) -> RpcResult<ReceiveAnswer> {
-        if let Err(s) = client_id(&request) {
-            return Ok(Response::new(receive_frames(s, vec![])));
-        }
+        let client = match client_id(&request) {
+            Ok(c) => c,
+            Err(s) => return Ok(Response::new(receive_frames(s, vec![]))),
+        };
         let client_wait = grpc_timeout(&request);
         let digest = convert::BodyDigest::accepted(
             request
@@ -606,6 +620,7 @@ impl Service {
             invisible_ms,
             long_poll,
             attempt_id: req.attempt_id.clone().filter(|a| !a.is_empty()),
+            client,
         };
         let store_host = self.listen.clone();
         match self.engine.receive(&args).await {

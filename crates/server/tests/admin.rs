@@ -497,6 +497,13 @@ async fn lookups_tell_each_message_lifecycle() {
     );
     let m = lookup(&b, "twice").await;
     assert_eq!(events(&m), ["stored", "delivered", "delivered"]);
+    for e in &m["lifecycle"]["events"].as_array().unwrap()[1..] {
+        assert_eq!(
+            e["client"],
+            json!("test-client"),
+            "the consumer client: {e}"
+        );
+    }
     let g = &m["lifecycle"]["groups"][0];
     assert_eq!(
         (&g["group"], &g["state"], &g["attempt"]),

@@ -127,6 +127,15 @@ async fn refusals_carry_precise_codes_and_store_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(code(&r.status), Code::ClientIdRequired);
+    // ... and bounded, since each delivery records it.
+    let mut long = Request::new(pb::SendMessageRequest {
+        messages: vec![msg("t", "m0", b"x")],
+    });
+    long.metadata_mut()
+        .insert("x-mq-client-id", "c".repeat(257).parse().unwrap());
+    let r = c.send_message(long).await.unwrap().into_inner();
+    assert_eq!(code(&r.status), Code::BadRequest);
+    assert!(r.status.unwrap().message.contains("257 bytes"));
 
     // A batch with one bad entry is refused whole, each entry saying why.
     let r = c

@@ -508,7 +508,7 @@ function eventDetail(e) {
     case 'rolled_back':
     case 'discarded': return `by ${e.source}: ${e.reason}`;
     case 'fired': return `queue ${e.queue_id} offset ${e.queue_offset}`;
-    case 'delivered': return `to ${e.group}, attempt ${e.attempt}, invisible until ${fmtClock(e.visible_at_ms)}`;
+    case 'delivered': return `to ${e.group}${e.client ? ` (client ${e.client})` : ''}, attempt ${e.attempt}, invisible until ${fmtClock(e.visible_at_ms)}`;
     case 'renewed': return `by ${e.group}, invisible until ${fmtClock(e.visible_at_ms)}`;
     case 'acked': return `by ${e.group}`;
     case 'dead_lettered': return `for ${e.group} after ${e.attempts} attempt(s), DLQ offset ${e.dlq_offset}`;

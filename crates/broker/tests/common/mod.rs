@@ -160,6 +160,7 @@ impl Harness {
             filter,
             max_messages: max,
             invisible_ms: invisible,
+            client: "consumer-1",
             properties: None,
         };
         let plan = self.core.plan_receive(now, &req, self.next).unwrap();
