@@ -366,6 +366,45 @@ fn refused(http: StatusCode, e: &EngineError) -> Response {
         .into_response()
 }
 
+/// Refuses a state-changing request (anything but GET, HEAD, OPTIONS) that
+/// a browser sent from a page of another origin: the `Origin` header, when
+/// present, must name the host the request was sent to. The admin API has
+/// no login, so without this any web page an operator has open could POST a
+/// re-drive or DELETE a topic through the operator's browser. Requests with
+/// no `Origin` (curl, the CLI, scripts) are not browsers' and pass.
+pub async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return next.run(req).await;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest);
+    if host.is_some() && origin_host == host {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({
+            "code": "FORBIDDEN",
+            "message": format!(
+                "{} {} from origin {:?} refused: state-changing admin calls are accepted only from the broker's own pages (or without an Origin header)",
+                req.method(),
+                req.uri().path(),
+                origin.to_str().unwrap_or("?"),
+            ),
+        })),
+    )
+        .into_response()
+}
+
 fn bad_request(message: String) -> Response {
     (
         StatusCode::BAD_REQUEST,

@@ -145,11 +145,9 @@ pub async fn run(
         .add_optional_service(extensions)
         .serve_with_incoming_shutdown(incoming_nodelay(grpc_listener), wait_stop(stop_rx.clone()));
     let history = Arc::new(stats_history::StatsHistory::default());
-    let app = http::router(engine.clone(), clients.clone()).merge(ui::router(
-        engine.clone(),
-        clients.clone(),
-        history.clone(),
-    ));
+    let app = http::router(engine.clone(), clients.clone())
+        .merge(ui::router(engine.clone(), clients.clone(), history.clone()))
+        .layer(axum::middleware::from_fn(http::same_origin));
     let http = axum::serve(http_listener, app).with_graceful_shutdown(wait_stop(stop_rx.clone()));
 
     let maintenance = {

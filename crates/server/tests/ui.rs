@@ -44,9 +44,18 @@ impl Answer {
 
 /// GET over a fresh connection, read to its end.
 async fn get_raw(addr: &str, path: &str) -> Answer {
+    raw(addr, "GET", path, "").await
+}
+
+/// One request over a fresh connection with extra header lines (each ending
+/// in CRLF), read to its end.
+async fn raw(addr: &str, method: &str, path: &str, extra: &str) -> Answer {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();
@@ -217,5 +226,38 @@ async fn overview_and_history_count_real_traffic() {
         assert!(u(&w[1], "/t_ms") > u(&w[0], "/t_ms"), "{h}");
         assert!(u(&w[1], "/messages_stored") >= u(&w[0], "/messages_stored"));
     }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn state_changing_calls_from_another_origin_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path()).await;
+    let foreign = "Origin: http://attacker.example\r\n";
+    let a = raw(&b.http, "POST", "/v1/topics/csrf", foreign).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let v: Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["code"], "FORBIDDEN");
+    assert!(v["message"].as_str().unwrap().contains("attacker.example"));
+    // Nothing was created.
+    assert_eq!(get_raw(&b.http, "/v1/topics/csrf").await.status, 404);
+    // Reads stay open to any origin; the broker's own pages and clients
+    // without an Origin header may change state.
+    assert_eq!(raw(&b.http, "GET", "/v1/topics", foreign).await.status, 200);
+    let own = format!("Origin: http://{}\r\n", b.http);
+    assert_eq!(
+        raw(&b.http, "POST", "/v1/topics/csrf", &own).await.status,
+        201
+    );
+    assert_eq!(
+        raw(&b.http, "DELETE", "/v1/topics/csrf", foreign)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        raw(&b.http, "DELETE", "/v1/topics/csrf", "").await.status,
+        200
+    );
     b.stop().await;
 }
