@@ -5,8 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{code, free_port, receive_frames, receive_request, req, res};
+use common::{code, free_port, msg, receive_frames, receive_request, req, res};
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
 use pb::Code;
@@ -49,19 +48,6 @@ async fn start_channel(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("server did not start");
-}
-
-fn msg(topic: &str, id: &str, body: &[u8]) -> pb::Message {
-    pb::Message {
-        topic: res(topic),
-        user_properties: Default::default(),
-        system_properties: Some(pb::SystemProperties {
-            message_id: id.into(),
-            message_type: pb::MessageType::Normal as i32,
-            ..Default::default()
-        }),
-        body: Bytes::copy_from_slice(body),
-    }
 }
 
 /// Opens a Telemetry stream that sends `settings` and then stays open.

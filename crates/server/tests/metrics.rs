@@ -11,7 +11,6 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use common::{
     ack, code, quick_redelivery, receipt, receive_messages, receive_request, req, res, start_with,
     Running,
@@ -245,17 +244,9 @@ impl Running {
 }
 
 fn msg(topic: &str, id: &str, body: &[u8]) -> pb::Message {
-    pb::Message {
-        topic: res(topic),
-        user_properties: Default::default(),
-        system_properties: Some(pb::SystemProperties {
-            message_id: id.into(),
-            message_type: pb::MessageType::Normal as i32,
-            born_host: "test-host".into(),
-            ..Default::default()
-        }),
-        body: Bytes::copy_from_slice(body),
-    }
+    let mut m = common::msg(topic, id, body);
+    m.system_properties.as_mut().unwrap().born_host = "test-host".into();
+    m
 }
 
 fn attempt(m: &pb::Message) -> i32 {

@@ -195,3 +195,17 @@ pub async fn ack(c: &mut MessagingServiceClient<Channel>, group: &str, topic: &s
         .into_inner();
     assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
 }
+
+/// A NORMAL message with the given id and body.
+pub fn msg(topic: &str, id: &str, body: &[u8]) -> pb::Message {
+    pb::Message {
+        topic: res(topic),
+        user_properties: Default::default(),
+        system_properties: Some(pb::SystemProperties {
+            message_id: id.into(),
+            message_type: pb::MessageType::Normal as i32,
+            ..Default::default()
+        }),
+        body: bytes::Bytes::copy_from_slice(body),
+    }
+}
