@@ -645,6 +645,29 @@ async fn lookups_tell_each_message_lifecycle() {
         ["stored", "delivered", "dead_lettered", "redriven"]
     );
     assert_eq!(m["lifecycle"]["groups"][0]["state"], "pending");
+    // Dead-lettered again: only its newest letter may be re-driven now.
+    assert_eq!(receive(&mut b.c, "dg", "dl", 200, 1_000).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receive(&mut b.c, "dg", "dl", 200, 300).await.is_empty());
+    let m = lookup(&b, "poison").await;
+    let newest = m["lifecycle"]["groups"][0]["dlq_offset"].as_u64().unwrap();
+    assert!(newest > dlq_offset, "a new letter: {m}");
+    let (status, body) = b
+        .http(
+            "POST",
+            &format!("/v1/groups/dg/dead-letters/{dlq_offset}/redrive"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "PRECONDITION_FAILED");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(&newest.to_string()),
+        "names the newest letter: {body}"
+    );
 
     // A committed and a rolled-back transactional message.
     let tx_ok = send_ok(
