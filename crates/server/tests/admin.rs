@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    ack, code, quick_redelivery, receipt, receive_messages, receive_request, req, res, start_with,
-    Running,
+    ack, code, deliver_at, now_ms, quick_redelivery, receipt, receive_messages, receive_request,
+    req, res, start_with, Running,
 };
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
@@ -26,6 +26,11 @@ impl Running {
 
     async fn get(&self, path: &str) -> (u16, Value) {
         self.http("GET", path, None).await
+    }
+
+    async fn redrive(&self, group: &str, dlq_offset: u64) -> (u16, Value) {
+        let path = format!("/v1/groups/{group}/dead-letters/{dlq_offset}/redrive");
+        self.http("POST", &path, None).await
     }
 }
 
@@ -123,13 +128,6 @@ async fn lookup(b: &Running, id: &str) -> Value {
     list[0].clone()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_accept_their_message_types_and_can_be_described_and_deleted() {
     let dir = tempfile::tempdir().unwrap();
@@ -217,14 +215,7 @@ async fn topics_accept_their_message_types_and_can_be_described_and_deleted() {
         "topic orders accepts NORMAL, FIFO; this message is TRANSACTION"
     );
     let mut delayed = msg("orders", "d1", pb::MessageType::Delay);
-    delayed
-        .system_properties
-        .as_mut()
-        .unwrap()
-        .delivery_timestamp = Some(prost_types::Timestamp {
-        seconds: now_ms() / 1000 + 60,
-        nanos: 0,
-    });
+    deliver_at(&mut delayed, (now_ms() / 1000 + 60) * 1000);
     let r = send(
         &mut b.c,
         vec![msg("orders", "n1", pb::MessageType::Normal), delayed],
@@ -631,13 +622,7 @@ async fn lookups_tell_each_message_lifecycle() {
     assert_eq!(ids, ["poison", "poison2"]);
     let (_, body) = b.get("/v1/groups/dg").await;
     assert_eq!(body["dead_letters"], 2);
-    let (status, _) = b
-        .http(
-            "POST",
-            &format!("/v1/groups/dg/dead-letters/{dlq_offset}/redrive"),
-            None,
-        )
-        .await;
+    let (status, _) = b.redrive("dg", dlq_offset).await;
     assert_eq!(status, 200);
     let m = lookup(&b, "poison").await;
     assert_eq!(
@@ -652,13 +637,7 @@ async fn lookups_tell_each_message_lifecycle() {
     let m = lookup(&b, "poison").await;
     let newest = m["lifecycle"]["groups"][0]["dlq_offset"].as_u64().unwrap();
     assert!(newest > dlq_offset, "a new letter: {m}");
-    let (status, body) = b
-        .http(
-            "POST",
-            &format!("/v1/groups/dg/dead-letters/{dlq_offset}/redrive"),
-            None,
-        )
-        .await;
+    let (status, body) = b.redrive("dg", dlq_offset).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["code"], "PRECONDITION_FAILED");
     assert!(
@@ -716,10 +695,7 @@ async fn lookups_tell_each_message_lifecycle() {
     // A delayed message: waiting, then fired and delivered.
     let due = now_ms() + 400;
     let mut later = msg("delay", "later", pb::MessageType::Delay);
-    later.system_properties.as_mut().unwrap().delivery_timestamp = Some(prost_types::Timestamp {
-        seconds: due / 1000,
-        nanos: ((due % 1000) * 1_000_000) as i32,
-    });
+    deliver_at(&mut later, due);
     send_ok(&mut b.c, later).await;
     let m = lookup(&b, "later").await;
     assert_eq!(events(&m), ["stored", "timer_scheduled"]);

@@ -89,6 +89,27 @@ async fn receive_once(
     (messages, status)
 }
 
+/// Every acknowledged message is among `got` with its own body (else
+/// `missing`); anything else delivered was at least sent (a refused send
+/// may still have been stored) and is intact too.
+fn check_delivered(
+    got: &BTreeMap<String, Bytes>,
+    acked: &[String],
+    refused: &[String],
+    missing: &str,
+) {
+    for id in acked {
+        assert_eq!(got.get(id), Some(&body_of(id)), "{id} {missing}");
+    }
+    for (id, body) in got {
+        assert!(
+            acked.contains(id) || refused.contains(id),
+            "{id} was never sent"
+        );
+        assert_eq!(body, &body_of(id), "{id} delivered damaged");
+    }
+}
+
 /// Receives everything `group` can get from topic `t` (until a receive
 /// comes back empty), as message id → body.
 async fn receive_everything(
@@ -237,31 +258,13 @@ async fn a_disk_fault_refuses_sends_until_it_clears_and_loses_nothing_acknowledg
     // Every acknowledged message is delivered, byte for byte; a refused one
     // may be there (it was never acknowledged), but then intact.
     let got = receive_everything(&mut b.c, "g").await;
-    for id in &acked {
-        assert_eq!(got.get(id), Some(&body_of(id)), "{id} not delivered intact");
-    }
-    for (id, body) in &got {
-        assert!(
-            acked.contains(id) || refused.contains(id),
-            "{id} was never sent"
-        );
-        assert_eq!(body, &body_of(id), "{id} delivered damaged");
-    }
+    check_delivered(&got, &acked, &refused, "not delivered intact");
     b.try_stop().await.expect("a clean stop after the heal");
 
     // After a restart (no fault hook) every acknowledged message is still
     // there for a new group.
     let mut b = start(dir.path(), None).await;
     let got = receive_everything(&mut b.c, "h").await;
-    for id in &acked {
-        assert_eq!(got.get(id), Some(&body_of(id)), "{id} lost by the restart");
-    }
-    for (id, body) in &got {
-        assert!(
-            acked.contains(id) || refused.contains(id),
-            "{id} was never sent"
-        );
-        assert_eq!(body, &body_of(id), "{id} delivered damaged");
-    }
+    check_delivered(&got, &acked, &refused, "lost by the restart");
     b.try_stop().await.unwrap();
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{code, free_port, msg, receive_frames, receive_request, req, res};
+use common::{code, deliver_at, free_port, msg, now_ms, receive_frames, receive_request, req, res};
 use ferry_proto::v2 as pb;
 use ferry_proto::v2::messaging_service_client::MessagingServiceClient;
 use pb::Code;
@@ -164,12 +164,7 @@ async fn refusals_carry_precise_codes_and_store_nothing() {
         (
             {
                 let mut m = msg("t", "m7", b"x");
-                let sp = m.system_properties.as_mut().unwrap();
-                sp.message_type = pb::MessageType::Delay as i32;
-                sp.delivery_timestamp = Some(prost_types::Timestamp {
-                    seconds: 4_000_000_000,
-                    nanos: 0,
-                });
+                deliver_at(&mut m, 4_000_000_000_000);
                 m
             },
             Code::IllegalDeliveryTime,
@@ -481,18 +476,9 @@ async fn transactions_end_and_check_back_over_grpc() {
 async fn delayed_messages_are_never_early() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = start(dir.path()).await;
-    let due = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        + 800;
+    let due = now_ms() + 800;
     let mut m = msg("dt", "later", b"x");
-    let sp = m.system_properties.as_mut().unwrap();
-    sp.message_type = pb::MessageType::Delay as i32;
-    sp.delivery_timestamp = Some(prost_types::Timestamp {
-        seconds: due / 1000,
-        nanos: ((due % 1000) * 1_000_000) as i32,
-    });
+    deliver_at(&mut m, due);
     let mut recalled = m.clone();
     recalled.system_properties.as_mut().unwrap().message_id = "recalled".into();
     let r = c
@@ -529,10 +515,7 @@ async fn delayed_messages_are_never_early() {
     assert!(ids(&receive_all(&mut c, "dt", 300).await).is_empty());
     // A long poll started before the time is woken when it comes.
     assert_eq!(ids(&receive_all(&mut c, "dt", 3000).await), ["later"]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     assert!(now >= due, "delivered {} ms early", due - now);
 }
 

@@ -9,11 +9,11 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::{
-    ack, code, quick_redelivery, receipt, receive_messages, receive_request, req, res, start_with,
-    Running,
+    ack, code, deliver_at, now_ms, quick_redelivery, receipt, receive_messages, receive_request,
+    req, res, start_with, Running,
 };
 use ferry_proto::v2 as pb;
 use pb::Code;
@@ -451,20 +451,9 @@ async fn metrics_move_with_traffic() {
     assert_eq!(m3.sum_where("ferry_group_inflight", &g2), 2.0);
 
     // A delayed message fires about half a second after it is sent.
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let due = now_ms + 500;
+    let due = now_ms() + 500;
     let mut delayed = msg("metrics-delay", "d1", b"later");
-    {
-        let sp = delayed.system_properties.as_mut().unwrap();
-        sp.message_type = pb::MessageType::Delay as i32;
-        sp.delivery_timestamp = Some(prost_types::Timestamp {
-            seconds: due / 1000,
-            nanos: ((due % 1000) * 1_000_000) as i32,
-        });
-    }
+    deliver_at(&mut delayed, due);
     let resp = r.send(vec![delayed]).await;
     assert_eq!(code(&resp.status), Code::Ok, "{:?}", resp.status);
     let mut m4 = r.scrape().await;

@@ -209,3 +209,21 @@ pub fn msg(topic: &str, id: &str, body: &[u8]) -> pb::Message {
         body: bytes::Bytes::copy_from_slice(body),
     }
 }
+
+/// Wall-clock ms since the Unix epoch, the broker's clock for delivery times.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Makes `m` a DELAY message due at `due_ms`.
+pub fn deliver_at(m: &mut pb::Message, due_ms: i64) {
+    let sp = m.system_properties.as_mut().expect("system properties");
+    sp.message_type = pb::MessageType::Delay as i32;
+    sp.delivery_timestamp = Some(prost_types::Timestamp {
+        seconds: due_ms.div_euclid(1000),
+        nanos: (due_ms.rem_euclid(1000) * 1_000_000) as i32,
+    });
+}
