@@ -158,36 +158,3 @@ pub fn delivery_time(m: &Incoming, now_ms: i64, limits: &Limits) -> Result<(), B
         _ => Ok(()),
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    fn incoming(born_host: String) -> Incoming {
-        Incoming {
-            topic: "t".into(),
-            message_id: "id".into(),
-            kind: MessageKind::Normal,
-            tag: None,
-            keys: vec![],
-            message_group: None,
-            delivery_timestamp_ms: None,
-            check_after_ms: None,
-            born_timestamp_ms: 0,
-            born_host,
-            queue_id: 0,
-            body_encoding: 0,
-            properties: vec![],
-            body: Bytes::from_static(b"x"),
-        }
-    }
-
-    #[test]
-    fn born_host_fits_a_record_string() {
-        let limits = Limits::default();
-        assert!(message(&incoming("h".repeat(u16::MAX as usize)), &limits).is_ok());
-        let err = message(&incoming("h".repeat(u16::MAX as usize + 1)), &limits).unwrap_err();
-        assert!(matches!(err, BrokerError::BadRequest(_)), "{err}");
-    }
-}

@@ -157,6 +157,15 @@ fn receive_validates_its_arguments() {
         Err(BrokerError::BadRequest(_))
     ));
     req.max_messages = 1;
+    let long_client = "c".repeat(ferry_record::MAX_CLIENT_ID_BYTES + 1);
+    req.client = &long_client;
+    assert!(matches!(
+        h.core.plan_receive(0, &req, 0),
+        Err(BrokerError::BadRequest(_))
+    ));
+    req.client = &long_client[..ferry_record::MAX_CLIENT_ID_BYTES];
+    assert!(h.core.plan_receive(0, &req, 0).is_ok());
+    req.client = "consumer-1";
     req.group = "bad group";
     assert!(matches!(
         h.core.plan_receive(0, &req, 0),
@@ -179,6 +188,13 @@ fn message_validation_rules() {
         ferry_broker::validate::message(&m, &limits)
     };
     assert!(check(&|_| {}).is_ok());
+    // The born host is a record string (at most 64 KiB): longer, it would
+    // make the encoder panic in `Log::append` (found by fuzzing).
+    assert!(check(&|m| m.born_host = "h".repeat(u16::MAX as usize)).is_ok());
+    assert!(matches!(
+        check(&|m| m.born_host = "h".repeat(u16::MAX as usize + 1)),
+        Err(BrokerError::BadRequest(_))
+    ));
     assert!(matches!(
         check(&|m| m.message_id.clear()),
         Err(BrokerError::IllegalMessageId(_))

@@ -1598,6 +1598,26 @@ impl Sim {
         Some((g, self.held[g].remove(i)))
     }
 
+    /// `op` (ack, renew, forward) was refused for a stale receipt handle:
+    /// the model must agree the handle is dead; the client keeps it to try
+    /// again later.
+    fn refused_as_stale(&mut self, op: &str, name: &str, g: usize, hd: Held, live: bool) {
+        ensure!(
+            self,
+            !live,
+            "{op} of {} by {name} with live handle {} refused",
+            id(hd.m),
+            hd.handle
+        );
+        self.stats.stale_refused += 1;
+        self.note(format!(
+            "{op} {} by {name} handle {}: stale",
+            id(hd.m),
+            hd.handle
+        ));
+        self.keep_stale(g, hd);
+    }
+
     fn keep_stale(&mut self, g: usize, hd: Held) {
         if self.stale[g].len() >= 24 {
             let i = self.rng.below(24);
@@ -1646,20 +1666,7 @@ impl Sim {
                 self.wait(Notice::Acked(g, hd));
             }
             Err(BrokerError::InvalidReceiptHandle(_)) => {
-                ensure!(
-                    self,
-                    !live,
-                    "ack of {} by {name} with live handle {} refused",
-                    id(hd.m),
-                    hd.handle
-                );
-                self.stats.stale_refused += 1;
-                self.note(format!(
-                    "ack {} by {name} handle {}: stale",
-                    id(hd.m),
-                    hd.handle
-                ));
-                self.keep_stale(g, hd);
+                self.refused_as_stale("ack", &name, g, hd, live)
             }
             Err(e) => self.fail(format!("ack of {} by {name} failed: {e}", id(hd.m))),
         }
@@ -1733,20 +1740,7 @@ impl Sim {
                 self.wait(Notice::Renewed(g, hd, new));
             }
             Err(BrokerError::InvalidReceiptHandle(_)) => {
-                ensure!(
-                    self,
-                    !live,
-                    "renew of {} by {name} with live handle {} refused",
-                    id(hd.m),
-                    hd.handle
-                );
-                self.stats.stale_refused += 1;
-                self.note(format!(
-                    "renew {} by {name} handle {}: stale",
-                    id(hd.m),
-                    hd.handle
-                ));
-                self.keep_stale(g, hd);
+                self.refused_as_stale("renew", &name, g, hd, live)
             }
             Err(e) => self.fail(format!("renew of {} by {name} failed: {e}", id(hd.m))),
         }
@@ -1808,15 +1802,7 @@ impl Sim {
                 self.wait(Notice::Forwarded(g, hd));
             }
             Err(BrokerError::InvalidReceiptHandle(_)) => {
-                ensure!(
-                    self,
-                    !live,
-                    "forward of {} by {name} with live handle {} refused",
-                    id(hd.m),
-                    hd.handle
-                );
-                self.stats.stale_refused += 1;
-                self.keep_stale(g, hd);
+                self.refused_as_stale("forward", &name, g, hd, live)
             }
             Err(e) => self.fail(format!("forward of {} by {name} failed: {e}", id(hd.m))),
         }

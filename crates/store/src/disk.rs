@@ -117,28 +117,29 @@ pub(crate) fn write_at(
 
 /// `fdatasync` of a file whose length is `len`.
 pub(crate) fn sync_data(hook: Hook<'_>, file: &File, path: &Path, len: u64) -> io::Result<()> {
-    match hook {
-        None => file.sync_data(),
-        Some(h) => {
-            h.sync(path)?;
-            file.sync_data()?;
-            h.synced(path, len);
-            Ok(())
-        }
-    }
+    sync_with(hook, file, path, len, File::sync_data)
 }
 
 /// `fsync` (data and metadata) of a file whose length is `len`.
 pub(crate) fn sync_all(hook: Hook<'_>, file: &File, path: &Path, len: u64) -> io::Result<()> {
-    match hook {
-        None => file.sync_all(),
-        Some(h) => {
-            h.sync(path)?;
-            file.sync_all()?;
-            h.synced(path, len);
-            Ok(())
-        }
+    sync_with(hook, file, path, len, File::sync_all)
+}
+
+fn sync_with(
+    hook: Hook<'_>,
+    file: &File,
+    path: &Path,
+    len: u64,
+    sync: fn(&File) -> io::Result<()>,
+) -> io::Result<()> {
+    if let Some(h) = hook {
+        h.sync(path)?;
     }
+    sync(file)?;
+    if let Some(h) = hook {
+        h.synced(path, len);
+    }
+    Ok(())
 }
 
 /// Makes a directory's entries durable.

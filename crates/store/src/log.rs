@@ -170,6 +170,40 @@ impl Shared {
     fn lock_pending(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Creates the segment starting at `base` (durably, header and
+    /// directory entry), makes it readable, and returns it to append to.
+    fn new_segment(&self, base: u64) -> Result<Active, StoreError> {
+        let (path, file) = segment::create_with(self.hook(), &self.config.dir, base, now_ms())?;
+        let reader = File::open(&path).map_err(StoreError::io("opening segment", &path))?;
+        self.segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                base,
+                Readable {
+                    base,
+                    path: path.clone(),
+                    file: Arc::new(reader),
+                },
+            );
+        Ok(Active {
+            base,
+            file,
+            pos: HEADER_LEN,
+            path,
+        })
+    }
+
+    /// `fdatasync` of the segment being appended to, timed into
+    /// [`LogStats::fsync_ns`] (failed ones too).
+    fn sync_segment(&self, a: &Active, context: &'static str) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let synced = disk::sync_data(self.hook(), &a.file, &a.path, a.pos);
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.fsync_ns.observe(ns);
+        synced.map_err(StoreError::io(context, &a.path))
+    }
 }
 
 /// Where [`Log::locate`] found an offset.
@@ -806,26 +840,7 @@ impl Log {
                 // Nothing committed is left in a segment (a fresh log, or
                 // retention took the rest): start one at the committed end,
                 // so the log keeps its place even if it stays empty.
-                let (path, file) = segment::create_with(hook, dir, committed, now_ms())?;
-                let reader = File::open(&path).map_err(StoreError::io("opening segment", &path))?;
-                self.shared
-                    .segments
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        committed,
-                        Readable {
-                            base: committed,
-                            path: path.clone(),
-                            file: Arc::new(reader),
-                        },
-                    );
-                Some(Active {
-                    base: committed,
-                    file,
-                    pos: HEADER_LEN,
-                    path,
-                })
+                Some(self.shared.new_segment(committed)?)
             }
             Some((base, path)) => {
                 let len = HEADER_LEN + (committed - base);
@@ -1076,9 +1091,10 @@ impl Flusher {
                 (chunks, p.next_offset, p.shutdown)
             };
             let result = self.write(&chunks).and_then(|_| self.sync_if_due(shutdown));
+            let written: usize = chunks.iter().map(|c| c.bytes.len()).sum();
             {
                 let mut p = self.shared.lock_pending();
-                p.bytes -= chunks.iter().map(|c| c.bytes.len()).sum::<usize>();
+                p.bytes -= written;
                 if let Err(e) = &result {
                     let msg: Arc<str> = Arc::from(e.to_string());
                     error!(error = %msg, "commit log write failed; refusing further appends until the log heals");
@@ -1092,9 +1108,7 @@ impl Flusher {
                 stats
                     .batch_records
                     .observe(chunks.iter().map(|c| c.records).sum());
-                stats
-                    .batch_bytes
-                    .observe(chunks.iter().map(|c| c.bytes.len() as u64).sum());
+                stats.batch_bytes.observe(written as u64);
                 self.shared.progress.send_modify(|pr| pr.committed = end);
             }
             if shutdown || result.is_err() {
@@ -1119,33 +1133,10 @@ impl Flusher {
 
     /// Closes the active segment (durably) and creates the next one.
     fn roll(&mut self, base: u64) -> Result<(), StoreError> {
-        let hook = self.shared.hook();
         if let Some(old) = self.active.take() {
-            let started = Instant::now();
-            let synced = disk::sync_data(hook, &old.file, &old.path, old.pos);
-            observe_fsync(&self.shared.stats, started);
-            synced.map_err(StoreError::io("syncing closed segment", &old.path))?;
+            self.shared.sync_segment(&old, "syncing closed segment")?;
         }
-        let (path, file) = segment::create_with(hook, &self.shared.config.dir, base, now_ms())?;
-        let reader = File::open(&path).map_err(StoreError::io("opening segment", &path))?;
-        self.shared
-            .segments
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                base,
-                Readable {
-                    base,
-                    path: path.clone(),
-                    file: Arc::new(reader),
-                },
-            );
-        self.active = Some(Active {
-            base,
-            file,
-            pos: HEADER_LEN,
-            path,
-        });
+        self.active = Some(self.shared.new_segment(base)?);
         Ok(())
     }
 
@@ -1163,18 +1154,10 @@ impl Flusher {
             return Ok(());
         }
         if let Some(a) = &self.active {
-            let started = Instant::now();
-            let synced = disk::sync_data(self.shared.hook(), &a.file, &a.path, a.pos);
-            observe_fsync(&self.shared.stats, started);
-            synced.map_err(StoreError::io("syncing segment", &a.path))?;
+            self.shared.sync_segment(a, "syncing segment")?;
         }
         self.unsynced = false;
         self.last_sync = Instant::now();
         Ok(())
     }
-}
-
-fn observe_fsync(stats: &LogStats, started: Instant) {
-    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    stats.fsync_ns.observe(ns);
 }
