@@ -81,11 +81,11 @@ pub fn message(m: &Incoming, limits: &Limits) -> Result<(), BrokerError> {
     // The commit-log record holds it as a string of at most 64 KiB, and
     // nothing else bounds it: longer, it would make the record encoder panic
     // in the middle of `Log::append` (found by fuzz/request_validation).
-    if m.born_host.len() > u16::MAX as usize {
+    if m.born_host.len() > ferry_record::MAX_STR_BYTES {
         return Err(BrokerError::BadRequest(format!(
             "born host of {} bytes; at most {} allowed",
             m.born_host.len(),
-            u16::MAX
+            ferry_record::MAX_STR_BYTES
         )));
     }
     if m.properties.len() > limits.max_properties {
@@ -98,7 +98,7 @@ pub fn message(m: &Incoming, limits: &Limits) -> Result<(), BrokerError> {
     let mut size =
         m.tag.as_ref().map_or(0, String::len) + m.keys.iter().map(String::len).sum::<usize>();
     for (k, v) in &m.properties {
-        if k.is_empty() || has_control(k) || k.len() > u16::MAX as usize {
+        if k.is_empty() || has_control(k) || k.len() > ferry_record::MAX_STR_BYTES {
             return Err(BrokerError::IllegalPropertyKey(format!(
                 "{k:?} is empty or has a control character"
             )));

@@ -230,7 +230,7 @@ fn checksum(record: &[u8]) -> u32 {
 }
 
 fn put_str(out: &mut Vec<u8>, v: &str) {
-    assert!(v.len() <= u16::MAX as usize, "string field over 64 KiB");
+    assert!(v.len() <= crate::MAX_STR_BYTES, "string field over 64 KiB");
     out.put_u16_le(v.len() as u16);
     out.put_slice(v.as_bytes());
 }

@@ -37,6 +37,11 @@ pub use types::{
     TxEndRecord, TxOutcome, TxSource, MAX_CLIENT_ID_BYTES,
 };
 
+/// Longest string field a record holds (a 16-bit length prefix). Every
+/// string a message carries must be validated against this or a tighter
+/// limit before a record is built: the encoder asserts it.
+pub const MAX_STR_BYTES: usize = u16::MAX as usize;
+
 /// Bytes of the fixed record header.
 pub const HEADER_LEN: usize = 36;
 /// The only format version this build writes and reads.
