@@ -117,13 +117,18 @@ impl Metrics {
     }
 
     /// Counts stored messages: `(topic, queue, body bytes)` each. One lock
-    /// per batch.
+    /// per batch, and one map lookup per run of messages to the same topic
+    /// (a batch is usually all one topic).
     pub fn stored<'a>(&self, messages: impl IntoIterator<Item = (&'a str, u32, u64)>) {
         let mut topics = lock(&self.topics);
+        let mut current: Option<(&str, &mut Vec<QueueCounts>)> = None;
         for (topic, queue, bytes) in messages {
-            let queues = match topics.get_mut(topic) {
-                Some(q) => q,
-                None => topics.entry(topic.to_string()).or_default(),
+            let queues = match current.take() {
+                Some((t, q)) if t == topic => q,
+                _ => match topics.get_mut(topic) {
+                    Some(q) => q,
+                    None => topics.entry(topic.to_string()).or_default(),
+                },
             };
             let q = queue as usize;
             if queues.len() <= q {
@@ -131,6 +136,7 @@ impl Metrics {
             }
             queues[q].messages += 1;
             queues[q].bytes += bytes;
+            current = Some((topic, queues));
         }
     }
 
@@ -248,6 +254,9 @@ impl Rpc {
     }
 }
 
+/// The outcome of a call answered `OK`.
+const OK: Outcome = Outcome::Rocket(ferry_proto::v2::Code::Ok as i32);
+
 /// How a call ended, as the `code` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
@@ -288,7 +297,11 @@ impl Outcome {
 pub struct GrpcMetrics {
     /// One per [`Rpc::ALL`], in that order.
     durations: Vec<Histogram>,
-    calls: Mutex<BTreeMap<(Rpc, Outcome), u64>>,
+    /// Calls answered OK, one per [`Rpc::ALL`]: the common outcome is
+    /// counted without a lock.
+    ok: Vec<AtomicU64>,
+    /// Every other outcome.
+    other: Mutex<BTreeMap<(Rpc, Outcome), u64>>,
 }
 
 impl Default for GrpcMetrics {
@@ -298,26 +311,39 @@ impl Default for GrpcMetrics {
                 .iter()
                 .map(|_| Histogram::new(ferry_store::stats::LATENCY_NS_BOUNDS))
                 .collect(),
-            calls: Mutex::default(),
+            ok: Rpc::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            other: Mutex::default(),
         }
     }
 }
 
 impl GrpcMetrics {
-    pub fn record(&self, rpc: Rpc, outcome: Outcome, elapsed: Option<Duration>) {
-        if let Some(d) = elapsed.filter(|_| rpc.timed()) {
-            let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    pub fn record(&self, rpc: Rpc, outcome: Outcome, elapsed: Duration) {
+        if rpc.timed() {
+            let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
             self.durations[rpc as usize].observe(ns);
         }
-        *lock(&self.calls).entry((rpc, outcome)).or_default() += 1;
+        if outcome == OK {
+            Metrics::add(&self.ok[rpc as usize], 1);
+        } else {
+            *lock(&self.other).entry((rpc, outcome)).or_default() += 1;
+        }
     }
 
     pub fn duration(&self, rpc: Rpc) -> &Histogram {
         &self.durations[rpc as usize]
     }
 
+    /// Every (RPC, outcome) counted so far (none with a zero count).
     pub fn calls(&self) -> BTreeMap<(Rpc, Outcome), u64> {
-        lock(&self.calls).clone()
+        let mut calls = lock(&self.other).clone();
+        for rpc in Rpc::ALL {
+            let n = Metrics::get(&self.ok[rpc as usize]);
+            if n > 0 {
+                calls.insert((rpc, OK), n);
+            }
+        }
+        calls
     }
 
     /// Starts timing a call; see [`RpcTimer`].
@@ -344,8 +370,7 @@ pub struct RpcTimer<'a> {
 impl RpcTimer<'_> {
     pub fn finish(mut self, outcome: Outcome) {
         self.done = true;
-        self.grpc
-            .record(self.rpc, outcome, Some(self.started.elapsed()));
+        self.grpc.record(self.rpc, outcome, self.started.elapsed());
     }
 }
 
@@ -353,7 +378,7 @@ impl Drop for RpcTimer<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.grpc
-                .record(self.rpc, Outcome::Cancelled, Some(self.started.elapsed()));
+                .record(self.rpc, Outcome::Cancelled, self.started.elapsed());
         }
     }
 }
@@ -373,6 +398,39 @@ mod tests {
             Outcome::Grpc(tonic::Code::InvalidArgument as i32).label(),
             "GRPC_INVALID_ARGUMENT"
         );
+    }
+
+    #[test]
+    fn stored_counts_per_topic_and_queue() {
+        let m = Metrics::default();
+        m.stored([("a", 0, 10), ("a", 1, 5), ("b", 0, 1), ("a", 0, 2)]);
+        let q = |messages, bytes| QueueCounts { messages, bytes };
+        let counts = m.topic_counts();
+        assert_eq!(counts["a"], vec![q(2, 12), q(1, 5)]);
+        assert_eq!(counts["b"], vec![q(1, 1)]);
+        m.forget_topic("a");
+        assert!(!m.topic_counts().contains_key("a"));
+    }
+
+    #[test]
+    fn calls_merge_ok_and_other_outcomes() {
+        let g = GrpcMetrics::default();
+        let d = Duration::from_millis(1);
+        g.record(Rpc::SendMessage, OK, d);
+        g.record(Rpc::SendMessage, OK, d);
+        g.record(Rpc::SendMessage, Outcome::Cancelled, d);
+        g.record(Rpc::Telemetry, OK, d);
+        let calls: Vec<_> = g.calls().into_iter().collect();
+        assert_eq!(
+            calls,
+            vec![
+                ((Rpc::SendMessage, OK), 2),
+                ((Rpc::SendMessage, Outcome::Cancelled), 1),
+                ((Rpc::Telemetry, OK), 1),
+            ]
+        );
+        assert_eq!(g.duration(Rpc::SendMessage).snapshot().count, 3);
+        assert_eq!(g.duration(Rpc::Telemetry).snapshot().count, 0);
     }
 
     #[test]

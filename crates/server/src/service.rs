@@ -186,7 +186,6 @@ fn split_host_port(s: &str) -> Option<(String, i32)> {
     Some((host.to_string(), port.parse().ok()?))
 }
 
-/// `x-mq-client-id` is required on every call.
 /// The caller's `x-mq-client-id`: required on every call, and at most
 /// [`ferry_record::MAX_CLIENT_ID_BYTES`] because deliveries record it.
 pub(crate) fn client_id<T>(req: &Request<T>) -> Result<String, pb::Status> {
@@ -934,36 +933,24 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::QueryRouteRequest>,
     ) -> RpcResult<pb::QueryRouteResponse> {
-        timed(
-            self.metrics(),
-            Rpc::QueryRoute,
-            self.serve_query_route(request),
-        )
-        .await
+        let call = self.serve_query_route(request);
+        timed(self.metrics(), Rpc::QueryRoute, call).await
     }
 
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> RpcResult<pb::HeartbeatResponse> {
-        timed(
-            self.metrics(),
-            Rpc::Heartbeat,
-            self.serve_heartbeat(request),
-        )
-        .await
+        let call = self.serve_heartbeat(request);
+        timed(self.metrics(), Rpc::Heartbeat, call).await
     }
 
     async fn send_message(
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> RpcResult<pb::SendMessageResponse> {
-        timed(
-            self.metrics(),
-            Rpc::SendMessage,
-            self.serve_send_message(request),
-        )
-        .await
+        let call = self.serve_send_message(request);
+        timed(self.metrics(), Rpc::SendMessage, call).await
     }
 
     async fn query_assignment(
@@ -989,12 +976,8 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::AckMessageRequest>,
     ) -> RpcResult<pb::AckMessageResponse> {
-        timed(
-            self.metrics(),
-            Rpc::AckMessage,
-            self.serve_ack_message(request),
-        )
-        .await
+        let call = self.serve_ack_message(request);
+        timed(self.metrics(), Rpc::AckMessage, call).await
     }
 
     async fn forward_message_to_dead_letter_queue(
@@ -1011,48 +994,32 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::PullMessageRequest>,
     ) -> RpcResult<Self::PullMessageStream> {
-        timed(
-            self.metrics(),
-            Rpc::PullMessage,
-            self.serve_pull_message(request),
-        )
-        .await
+        let call = self.serve_pull_message(request);
+        timed(self.metrics(), Rpc::PullMessage, call).await
     }
 
     async fn update_offset(
         &self,
         request: Request<pb::UpdateOffsetRequest>,
     ) -> RpcResult<pb::UpdateOffsetResponse> {
-        timed(
-            self.metrics(),
-            Rpc::UpdateOffset,
-            self.serve_update_offset(request),
-        )
-        .await
+        let call = self.serve_update_offset(request);
+        timed(self.metrics(), Rpc::UpdateOffset, call).await
     }
 
     async fn get_offset(
         &self,
         request: Request<pb::GetOffsetRequest>,
     ) -> RpcResult<pb::GetOffsetResponse> {
-        timed(
-            self.metrics(),
-            Rpc::GetOffset,
-            self.serve_get_offset(request),
-        )
-        .await
+        let call = self.serve_get_offset(request);
+        timed(self.metrics(), Rpc::GetOffset, call).await
     }
 
     async fn query_offset(
         &self,
         request: Request<pb::QueryOffsetRequest>,
     ) -> RpcResult<pb::QueryOffsetResponse> {
-        timed(
-            self.metrics(),
-            Rpc::QueryOffset,
-            self.serve_query_offset(request),
-        )
-        .await
+        let call = self.serve_query_offset(request);
+        timed(self.metrics(), Rpc::QueryOffset, call).await
     }
 
     async fn end_transaction(
@@ -1069,12 +1036,8 @@ impl MessagingService for Service {
         &self,
         request: Request<tonic::Streaming<pb::TelemetryCommand>>,
     ) -> RpcResult<Self::TelemetryStream> {
-        timed(
-            self.metrics(),
-            Rpc::Telemetry,
-            self.serve_telemetry(request),
-        )
-        .await
+        let call = self.serve_telemetry(request);
+        timed(self.metrics(), Rpc::Telemetry, call).await
     }
 
     async fn notify_client_termination(

@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use crate::engine::Engine;
+use crate::engine::{self, Engine};
 use crate::metrics::Metrics;
 
 /// Samples kept: ten minutes at one a second.
@@ -45,7 +45,7 @@ impl Sample {
                 .fold((0u64, 0u64), |(l, i), g| (l + g.lag, i + g.inflight as u64))
         });
         Sample {
-            t_ms: now_ms(),
+            t_ms: u64::try_from(engine::now_ms()).unwrap_or(0),
             messages_stored: Metrics::get(&m.messages_stored),
             messages_delivered: Metrics::get(&m.messages_delivered),
             acks: Metrics::get(&m.acks),
@@ -54,12 +54,6 @@ impl Sample {
             inflight,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A bounded ring of samples, oldest first.

@@ -51,10 +51,10 @@ fn store_code(e: &StoreError) -> Code {
     match e {
         StoreError::RecordTooLarge { .. } => Code::PayloadTooLarge,
         StoreError::Corrupt { .. } => Code::MessageCorrupted,
-        // The commit log refuses writes after a disk fault until it heals:
-        // a server error (clients retry), its message says so.
-        StoreError::Failed(_) => Code::InternalError,
+        // `Failed`: the commit log refuses writes after a disk fault until
+        // it heals; a server error (clients retry), its message says so.
         StoreError::Io { .. }
+        | StoreError::Failed(_)
         | StoreError::Locked(_)
         | StoreError::OutOfRange { .. }
         | StoreError::ShuttingDown

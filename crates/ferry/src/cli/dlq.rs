@@ -129,17 +129,20 @@ pub async fn run(args: DlqArgs) -> CliResult {
             let fresh = |d: &&Value| again || d.get("redriven_at_ms").is_none_or(Value::is_null);
             // Only a message's newest letter can be sent back (the broker
             // refuses older ones): a bulk selection takes that one, if fresh.
+            let dlq_offset = |d: &Value| d.get("dlq_queue_offset").and_then(Value::as_u64);
             let newest = |rows: Vec<Value>| -> Vec<Value> {
                 let mut by_id: std::collections::BTreeMap<String, Value> = Default::default();
                 for d in rows {
                     let id = text(&d, "message_id");
-                    let at = |v: &Value| v.get("dlq_queue_offset").and_then(Value::as_u64);
-                    if by_id.get(&id).is_none_or(|old| at(old) < at(&d)) {
+                    if by_id
+                        .get(&id)
+                        .is_none_or(|old| dlq_offset(old) < dlq_offset(&d))
+                    {
                         by_id.insert(id, d);
                     }
                 }
                 let mut rows: Vec<Value> = by_id.into_values().collect();
-                rows.sort_by_key(|d| d.get("dlq_queue_offset").and_then(Value::as_u64));
+                rows.sort_by_key(dlq_offset);
                 rows
             };
             let offsets: Vec<u64> = match (offset, message_id) {
@@ -151,7 +154,7 @@ pub async fn run(args: DlqArgs) -> CliResult {
                             d.get("message_id").and_then(Value::as_str) == Some(id.as_str())
                         })
                         .filter(fresh)
-                        .filter_map(|d| d.get("dlq_queue_offset").and_then(Value::as_u64))
+                        .filter_map(dlq_offset)
                         .collect();
                     if found.is_empty() {
                         return Err(fail(format!(
@@ -168,7 +171,7 @@ pub async fn run(args: DlqArgs) -> CliResult {
                 (None, None) => newest(fetch(&admin, &group, usize::MAX).await?)
                     .iter()
                     .filter(fresh)
-                    .filter_map(|d| d.get("dlq_queue_offset").and_then(Value::as_u64))
+                    .filter_map(dlq_offset)
                     .collect(),
             };
             let total = offsets.len() as u64;
